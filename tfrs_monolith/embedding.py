@@ -1,0 +1,531 @@
+# Copyright 2026 The tfrs-monolith Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Implements `CollisionlessEmbedding`, an expiring, collisionless embedding."""
+
+import contextlib
+import contextvars
+import math
+import numbers
+import weakref
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_monolith import admission
+from tfrs_monolith import hashing
+from tfrs_monolith import patch as patch_lib
+from tfrs_monolith import table as table_lib
+
+__all__ = ["CollisionlessEmbedding", "learning"]
+
+_LEARNING = contextvars.ContextVar("tfrs_monolith_learning", default=False)
+_INIT_SEED = 0x1A17_0000_0000_0001
+# Standard normal CDF at -2 and 2: bounds of a 2-sigma truncated normal.
+_PHI_MINUS_2 = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
+_PHI_PLUS_2 = 1.0 - _PHI_MINUS_2
+
+
+@contextlib.contextmanager
+def learning():
+  """Within this context, `CollisionlessEmbedding` calls with `training=None`
+  learn (admit and insert keys) as if `training=True` had been passed.
+
+  `tfrs_monolith.Model.train_step` enters it, so that TFRS models whose
+  `compute_loss` does not forward `training` to their towers still learn.
+  """
+  token = _LEARNING.set(True)
+  try:
+    yield
+  finally:
+    _LEARNING.reset(token)
+
+
+def _initializer_spec(initializer):
+  """(kind, a, b) of a supported Keras initializer, for keyed generation."""
+  init = tf.keras.initializers.get(initializer)
+  name = type(init).__name__
+  if name in ("RandomUniform",):
+    return "uniform", float(init.minval), float(init.maxval), init
+  if name in ("RandomNormal",):
+    return "normal", float(init.mean), float(init.stddev), init
+  if name in ("TruncatedNormal",):
+    return "truncated_normal", float(init.mean), float(init.stddev), init
+  if name in ("Zeros",):
+    return "constant", 0.0, 0.0, init
+  if name in ("Ones",):
+    return "constant", 1.0, 0.0, init
+  if name in ("Constant",):
+    return "constant", float(init.value), 0.0, init
+  raise ValueError(
+      "`embeddings_initializer` must be one of 'uniform', 'normal', "
+      "'truncated_normal', 'zeros', 'ones', 'constant' (or the matching "
+      "tf.keras.initializers object), since rows are initialised per key "
+      f"when admitted. Received: embeddings_initializer={initializer!r}")
+
+
+def _check_int(name, value, minimum):
+  if isinstance(value, bool) or not isinstance(
+      value, numbers.Integral) or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}. "
+                     f"Received: {name}={value!r}")
+  return int(value)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrs_monolith")
+class CollisionlessEmbedding(tf.keras.layers.Layer):
+  """An embedding layer with a collisionless, expiring hash table.
+
+  A drop-in for `tf.keras.layers.Embedding` when ids are unbounded: user ids,
+  item ids, or strings. Unlike the hashing trick (`id % buckets`), no two ids
+  ever share a row: ids are indexed by a `tm.CuckooHashTable` of `capacity`
+  rows, as in ByteDance's Monolith ("Monolith: Real Time Recommendation
+  System With Collisionless Embedding Table", Liu et al., 2022).
+
+  * **Admission.** In training, an id gets a row once it has been seen
+    `min_count` times, counted in a count-min sketch, so rare ids cost no
+    row. Unknown and not-yet-admitted ids read a zero vector and receive no
+    update. Inference never inserts.
+  * **Expiry.** `expire(now)` evicts ids not seen for `ttl_seconds` of event
+    time; their rows return to the free list and start fresh when reused
+    (value re-initialised, optimizer state reset).
+  * **Full table.** `full_policy="evict_lru"` (default) evicts the least
+    recently seen ids to make room; `"error"` raises instead, changing
+    nothing. A live id's row is never overwritten.
+  * **Sync.** `export_patch()` returns the rows touched since the last call
+    and the evicted ids as a `tm.EmbeddingPatch`; `apply_patch()` on a
+    replica makes its rows equal.
+
+  Gradients reach the table as `tf.IndexedSlices` of the distinct rows in
+  the batch. Time is event time: the clock is the newest time given to
+  `advance_clock` (the online trainer passes example timestamps), or wall
+  time until then.
+
+  New rows are initialised from a hash of (`seed`, id), so a given id always
+  starts from the same vector, on any machine.
+
+  Example:
+
+  ```python
+  import tensorflow_recommenders as tfrs
+  import tfrs_monolith as tm
+
+  class Movielens(tm.Model):        # tfrs.Model + table maintenance
+    def __init__(self):
+      super().__init__()
+      self.user = tm.CollisionlessEmbedding(32, capacity=100_000,
+                                            min_count=2, ttl_seconds=86400)
+      self.movie = tm.CollisionlessEmbedding(32, capacity=100_000)
+      self.task = tfrs.tasks.Retrieval()
+
+    def compute_loss(self, features, training=False):
+      return self.task(self.user(features["user_id"], training=training),
+                       self.movie(features["movie_id"], training=training))
+  ```
+
+  Args:
+    output_dim: Dimension of the embedding vectors.
+    capacity: Rows of the table: the most ids it holds at once.
+    min_count: Occurrences (in training) before an id is admitted; 1 admits
+      on first sight and uses no sketch.
+    ttl_seconds: Evict ids idle for longer than this (event time) when
+      `expire` runs. None never expires.
+    embeddings_initializer: Initializer of admitted rows: "uniform"
+      (default, [-0.05, 0.05] as in Keras), "normal", "truncated_normal",
+      "zeros", "ones", or a matching `tf.keras.initializers` object.
+    full_policy: "evict_lru" or "error", see above.
+    slots_per_bucket: Slots per cuckoo bucket (8 fills to 99.7 %).
+    admission_width: Counters per row of the admission sketch; defaults to
+      `max(4096, capacity)`. Unused when `min_count == 1`.
+    admission_depth: Rows (hash functions) of the admission sketch.
+    seed: Seed of the per-id initial values.
+    **kwargs: Base `Layer` arguments (`name`, `dtype`, `trainable`).
+
+  Input shape:
+    int or string ids of any shape (dense or ragged).
+
+  Output shape:
+    `ids.shape + [output_dim]`.
+  """
+
+  def __init__(self,
+               output_dim: int,
+               capacity: int,
+               min_count: int = 1,
+               ttl_seconds: Optional[float] = None,
+               embeddings_initializer="uniform",
+               full_policy: str = "evict_lru",
+               slots_per_bucket: int = 8,
+               admission_width: Optional[int] = None,
+               admission_depth: int = 4,
+               seed: int = 0,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.output_dim = _check_int("output_dim", output_dim, 1)
+    self.capacity = _check_int("capacity", capacity, 1)
+    self.min_count = _check_int("min_count", min_count, 1)
+    if ttl_seconds is not None and (
+        isinstance(ttl_seconds, bool) or
+        not isinstance(ttl_seconds, numbers.Real) or ttl_seconds <= 0 or
+        not math.isfinite(ttl_seconds)):
+      raise ValueError("`ttl_seconds` must be a positive number or None. "
+                       f"Received: ttl_seconds={ttl_seconds!r}")
+    self.ttl_seconds = ttl_seconds
+    self._init_spec = _initializer_spec(embeddings_initializer)
+    self.embeddings_initializer = self._init_spec[3]
+    if full_policy not in table_lib.FULL_POLICIES:
+      raise ValueError(f"`full_policy` must be one of "
+                       f"{table_lib.FULL_POLICIES}. Received: "
+                       f"full_policy={full_policy!r}")
+    self.full_policy = full_policy
+    self.slots_per_bucket = _check_int("slots_per_bucket", slots_per_bucket,
+                                       1)
+    if admission_width is not None:
+      admission_width = _check_int("admission_width", admission_width, 1)
+    self.admission_width = admission_width
+    self.admission_depth = _check_int("admission_depth", admission_depth, 1)
+    self.seed = _check_int("seed", seed, 0)
+    self._optimizer_ref = None
+    self._table = None
+    self._sketch = None
+
+  # -------------------------------------------------------------------- state
+
+  def build(self, input_shape=None):
+    if self.built:
+      return
+    # One row more than `capacity`: the last row is never given to a key and
+    # never receives a gradient, so its optimizer state stays at the initial
+    # value; `_reset_optimizer_rows` copies it into reused rows.
+    self.embeddings = self.add_weight(
+        name="embeddings", shape=[self.capacity + 1, self.output_dim],
+        initializer="zeros", trainable=True)
+    self._table = table_lib.CuckooHashTable(
+        self.capacity, slots_per_bucket=self.slots_per_bucket,
+        full_policy=self.full_policy, name="table")
+    if self.min_count > 1:
+      self._sketch = admission.CountMinSketch(
+          self.admission_width or max(4096, self.capacity),
+          depth=self.admission_depth, name="admission")
+    self.clock = self.add_weight(
+        name="clock", shape=[], dtype=tf.int64, initializer="zeros",
+        trainable=False)
+    self.patch_sequence = self.add_weight(
+        name="patch_sequence", shape=[], dtype=tf.int64, initializer="zeros",
+        trainable=False)
+    super().build(input_shape)
+
+  @property
+  def table(self) -> table_lib.CuckooHashTable:
+    """The `tm.CuckooHashTable` indexing this layer's rows."""
+    self.build(None)
+    return self._table
+
+  @property
+  def sketch(self) -> Optional[admission.CountMinSketch]:
+    """The admission `tm.CountMinSketch` (None when `min_count == 1`)."""
+    self.build(None)
+    return self._sketch
+
+  def bind_optimizer(self, optimizer):
+    """Lets the layer reset `optimizer`'s state of rows it reuses.
+
+    `tfrs_monolith.Model` does this itself. Other models call it once after
+    `compile`. Works with every `tf.keras.optimizers` optimizer whose state
+    is per row (Adagrad, Adam, SGD with momentum, Ftrl, RMSprop, ...).
+    """
+    self._optimizer_ref = (None if optimizer is None else
+                           weakref.ref(optimizer))
+
+  def _optimizer_rows(self) -> List[tf.Variable]:
+    """Optimizer variables holding per-row state of `embeddings`."""
+    optimizer = self._optimizer_ref() if self._optimizer_ref else None
+    if optimizer is None:
+      return []
+    suffix = "/" + self.embeddings.name
+    shape = self.embeddings.shape
+    found = []
+    for var in optimizer.variables:
+      if var.shape == shape and var.name.endswith(suffix):
+        found.append(var)
+    if hasattr(optimizer, "get_slot_names"):  # legacy optimizers
+      for slot in optimizer.get_slot_names():
+        try:
+          found.append(optimizer.get_slot(self.embeddings, slot))
+        except KeyError:
+          pass
+    return found
+
+  # --------------------------------------------------------------------- time
+
+  def advance_clock(self, now_seconds):
+    """Moves the event-time clock forward to `now_seconds` (never back)."""
+    self.build(None)
+    now = self._as_time("now_seconds", now_seconds)
+    self.clock.assign(tf.maximum(self.clock, now))
+    return self.clock.read_value()
+
+  def _as_time(self, name, value):
+    if tf.is_tensor(value):
+      if not (value.dtype.is_integer or value.dtype.is_floating):
+        raise TypeError(f"`{name}` must be a number of seconds. Received: "
+                        f"{name} with dtype {value.dtype.name}")
+      return tf.cast(value, tf.int64)
+    if isinstance(value, bool) or not isinstance(
+        value, (numbers.Real, np.number)) or not math.isfinite(value):
+      raise TypeError(f"`{name}` must be a number of seconds. Received: "
+                      f"{name}={value!r}")
+    return tf.constant(int(value), tf.int64)
+
+  def _now(self):
+    """The clock, or wall time if no event time was ever given."""
+    wall = tf.cast(tf.timestamp(), tf.int64)
+    return tf.where(self.clock > 0, self.clock, wall)
+
+  # --------------------------------------------------------------------- call
+
+  def _initial_values(self, keys):
+    """Initial rows for int64 `keys` ([n]) from a hash of (seed, key)."""
+    kind, a, b, _ = self._init_spec
+    n = tf.shape(keys)[0]
+    if kind == "constant":
+      return tf.fill([n, self.output_dim], tf.constant(a, self.dtype))
+    base = hashing.mix64(keys, _INIT_SEED ^ self.seed)
+    h = hashing.mix64(base[:, None] + tf.range(self.output_dim,
+                                               dtype=tf.int64)[None, :])
+    # 53 random bits -> uniform in (0, 1).
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(h, 11),
+                                  (1 << 53) - 1)
+    u = (tf.cast(bits, tf.float64) + 0.5) * (2.0**-53)
+    if kind == "uniform":
+      values = a + u * (b - a)
+    elif kind == "normal":
+      values = a + b * tf.math.ndtri(u)
+    else:
+      values = a + b * tf.math.ndtri(_PHI_MINUS_2 + u *
+                                     (_PHI_PLUS_2 - _PHI_MINUS_2))
+    return tf.cast(values, self.dtype)
+
+  def _reset_rows(self, keys, rows):
+    """Re-initialises `rows` (given to `keys`) and their optimizer state."""
+    rows64 = tf.cast(rows, tf.int64)[:, None]
+    self.embeddings.scatter_nd_update(rows64, self._initial_values(keys))
+    for var in self._optimizer_rows():
+      fresh = tf.gather(var, [self.capacity])          # never-trained row
+      var.scatter_nd_update(rows64, tf.tile(fresh, [tf.size(rows), 1]))
+
+  def _read_rows(self, rows):
+    """Vectors of int32 `rows` ([n]); zeros where `rows` is -1."""
+    vectors = tf.gather(self.embeddings, tf.maximum(rows, 0))
+    return tf.where((rows >= 0)[:, None], vectors, tf.zeros_like(vectors))
+
+  def _learn(self, keys):
+    """Training lookup of 1-D int64 `keys`: admit, insert, touch, read."""
+    now = self._now()
+    self.clock.assign(tf.maximum(self.clock, now))
+    unique_keys, index, counts = tf.unique_with_counts(keys)
+    if self._sketch is not None:
+      rows = self._table.lookup_flat(unique_keys)
+      absent = rows < 0
+      estimates = self._sketch.add(tf.boolean_mask(unique_keys, absent),
+                                   tf.boolean_mask(counts, absent))
+      admitted = tf.tensor_scatter_nd_update(
+          tf.logical_not(absent), tf.where(absent),
+          estimates >= self.min_count)
+    else:
+      admitted = tf.ones_like(unique_keys, tf.bool)
+    candidates = tf.boolean_mask(unique_keys, admitted)
+    rows, is_new = self._table.upsert_unique(candidates, now)
+    self._reset_rows(tf.boolean_mask(candidates, is_new),
+                     tf.boolean_mask(rows, is_new))
+    rows = tf.tensor_scatter_nd_update(
+        tf.fill(tf.shape(unique_keys), -1), tf.where(admitted), rows)
+    found = rows >= 0
+    found_rows = tf.boolean_mask(rows, found)
+    self._table.touch_rows(found_rows, now, tf.boolean_mask(counts, found))
+    # Gather only the distinct rows that exist, so the gradient is an
+    # IndexedSlices over exactly those rows.
+    vectors = tf.scatter_nd(
+        tf.where(found), tf.gather(self.embeddings, found_rows),
+        [tf.size(unique_keys), self.output_dim])
+    return tf.gather(vectors, index)
+
+  def _embed(self, keys, training):
+    flat = tf.reshape(keys, [-1])
+    if training is None or training is False:
+      vectors = self._read_rows(self._table.lookup_flat(flat))
+    elif training is True:
+      vectors = self._learn(flat)
+    else:
+      vectors = tf.cond(
+          tf.cast(training, tf.bool), lambda: self._learn(flat),
+          lambda: self._read_rows(self._table.lookup_flat(flat)))
+    return tf.reshape(vectors,
+                      tf.concat([tf.shape(keys), [self.output_dim]], 0))
+
+  def call(self, inputs, training=None):
+    """Looks up the embeddings of `inputs`.
+
+    Args:
+      inputs: int or string ids, any shape, dense or `tf.RaggedTensor`.
+      training: If true, admit, insert and touch ids (Keras passes this in
+        `fit`); if false, only read. None learns only inside
+        `tfrs_monolith.embedding.learning()` (entered by
+        `tfrs_monolith.Model.train_step`).
+
+    Returns:
+      A float tensor of shape `inputs.shape + [output_dim]`.
+    """
+    if training is None and _LEARNING.get():
+      training = True
+    if isinstance(inputs, tf.SparseTensor):
+      raise TypeError("`inputs` must be a dense or ragged tensor of ids; "
+                      "densify or use a RaggedTensor. Received: a "
+                      "tf.SparseTensor")
+    keys = hashing.to_keys(inputs, "inputs")
+    if isinstance(keys, tf.RaggedTensor):
+      return keys.with_flat_values(self._embed(keys.flat_values, training))
+    return self._embed(keys, training)
+
+  def compute_output_shape(self, input_shape):
+    return tf.TensorShape(input_shape).concatenate([self.output_dim])
+
+  # ------------------------------------------------------------------- expiry
+
+  def expire(self, now_seconds=None) -> tf.Tensor:
+    """Evicts ids idle for longer than `ttl_seconds`; returns their keys.
+
+    Args:
+      now_seconds: event time; advances the clock. Defaults to the clock
+        (or wall time if no event time was given yet).
+
+    Returns:
+      int64 tensor of the evicted keys (empty when `ttl_seconds` is None).
+    """
+    self.build(None)
+    if now_seconds is not None:
+      self.advance_clock(now_seconds)
+    if self.ttl_seconds is None:
+      return tf.zeros([0], tf.int64)
+    cutoff = self._now() - int(math.ceil(self.ttl_seconds))
+    return self._table.expire(cutoff)
+
+  # ------------------------------------------------------------------ patches
+
+  @tf.function
+  def _take_patch(self):
+    rows, keys, removed, full = self._table.take_changes()
+    return keys, tf.gather(self.embeddings, rows), removed, full
+
+  def export_patch(self, model_name: str = "", watermark=None):
+    """Returns the rows touched since the last call and the evicted keys.
+
+    Each call consumes the changes it returns and takes the next sequence
+    number of this table.
+
+    Args:
+      model_name: recorded in the patch.
+      watermark: input positions the table state reflects, recorded in the
+        patch (e.g. `{"examples/0": offset}`).
+
+    Returns:
+      A `tm.EmbeddingPatch`.
+    """
+    self.build(None)
+    keys, values, removed, full = self._take_patch()
+    sequence = int(self.patch_sequence.assign_add(1).numpy())
+    return patch_lib.EmbeddingPatch(
+        keys=keys.numpy(), values=values.numpy(), evicted=removed.numpy(),
+        model_name=model_name, table_name=self.name, sequence=sequence,
+        created_at=int(self._now().numpy()), watermark=watermark or {},
+        full=bool(full.numpy()))
+
+  def apply_patch_tensors(self, keys, values, evicted, full=False,
+                          created_at=None):
+    """Graph form of `apply_patch` (used by the exported `apply_patch`
+    serving signature); returns how many rows changed (int64 scalar)."""
+    self.build(None)
+    keys = tf.reshape(tf.cast(keys, tf.int64), [-1])
+    evicted = tf.reshape(tf.cast(evicted, tf.int64), [-1])
+    values = tf.cast(tf.reshape(values, [-1, self.output_dim]), self.dtype)
+    now = self._now() if created_at is None else tf.cast(created_at,
+                                                         tf.int64)
+    now = tf.where(now > 0, now, self._now())
+
+    def drop_unlisted():
+      live_keys = tf.gather(self._table.row_keys, self._table.live_rows())
+      kept = table_lib.isin(live_keys, keys)
+      return self._table.remove_flat(
+          tf.boolean_mask(live_keys, tf.logical_not(kept)))
+
+    removed = tf.cond(tf.cast(full, tf.bool), drop_unlisted,
+                      lambda: tf.zeros([0], tf.bool))
+    with tf.control_dependencies([removed]):
+      dropped = self._table.remove_flat(evicted)
+    with tf.control_dependencies([dropped]):
+      rows, _ = self._table.upsert_unique(keys, now)
+    ok = rows >= 0
+    self.embeddings.scatter_nd_update(
+        tf.cast(tf.boolean_mask(rows, ok), tf.int64)[:, None],
+        tf.boolean_mask(values, ok))
+    return (tf.reduce_sum(tf.cast(ok, tf.int64)) +
+            tf.reduce_sum(tf.cast(dropped, tf.int64)) +
+            tf.reduce_sum(tf.cast(removed, tf.int64)))
+
+  def apply_patch(self, patch: patch_lib.EmbeddingPatch) -> int:
+    """Upserts `patch.keys` with `patch.values` after removing its evicted
+    keys. Idempotent. Returns the number of rows changed.
+
+    Raises:
+      TypeError: if `patch` is not a `tm.EmbeddingPatch`.
+      ValueError: if its dimension differs from `output_dim`.
+    """
+    if not isinstance(patch, patch_lib.EmbeddingPatch):
+      raise TypeError("`patch` must be a tm.EmbeddingPatch. Received: "
+                      f"patch of type {type(patch).__name__}")
+    if len(patch) and patch.dim != self.output_dim:
+      raise ValueError(f"`patch` has dim {patch.dim} but this layer has "
+                       f"output_dim={self.output_dim}")
+    values = patch.values if len(patch) else np.zeros(
+        [0, self.output_dim], np.float32)
+    if patch.created_at:
+      self.advance_clock(patch.created_at)
+    changed = self._apply_patch_graph(
+        tf.constant(patch.keys, tf.int64), tf.constant(values, tf.float32),
+        tf.constant(patch.evicted, tf.int64), tf.constant(patch.full),
+        tf.constant(patch.created_at, tf.int64))
+    return int(changed.numpy())
+
+  @tf.function
+  def _apply_patch_graph(self, keys, values, evicted, full, created_at):
+    return self.apply_patch_tensors(keys, values, evicted, full, created_at)
+
+  # ------------------------------------------------------------------- config
+
+  def get_config(self):
+    config = {
+        "output_dim": self.output_dim,
+        "capacity": self.capacity,
+        "min_count": self.min_count,
+        "ttl_seconds": self.ttl_seconds,
+        "embeddings_initializer":
+            tf.keras.initializers.serialize(self.embeddings_initializer),
+        "full_policy": self.full_policy,
+        "slots_per_bucket": self.slots_per_bucket,
+        "admission_width": self.admission_width,
+        "admission_depth": self.admission_depth,
+        "seed": self.seed,
+    }
+    base_config = super().get_config()
+    return {**base_config, **config}

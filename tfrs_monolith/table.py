@@ -1,0 +1,582 @@
+# Copyright 2026 The tfrs-monolith Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Implements `CuckooHashTable`, a collisionless key -> row index in stock ops."""
+
+import math
+from typing import Optional
+
+import tensorflow as tf
+
+from tfrs_monolith import hashing
+
+__all__ = ["CuckooHashTable", "FULL_POLICIES"]
+
+FULL_POLICIES = ("evict_lru", "error")
+
+_BUCKET_SEED = 0x5EED_C0C0_0B0E_0001
+_MAX_CAPACITY = 2**31 - 2
+# Default index headroom: the index holds capacity / _TARGET_LOAD slots, so a
+# table whose rows are all taken fills its index to 90 %, far below the ~99.7 %
+# at which 8-slot bucketized cuckoo hashing starts to fail placements.
+_TARGET_LOAD = 0.9
+
+
+def isin(values: tf.Tensor, pool: tf.Tensor) -> tf.Tensor:
+  """Elementwise `values in pool` for 1-D tensors (O((n + m) log m))."""
+  ordered = tf.sort(pool)
+  size = tf.size(ordered, out_type=tf.int64)
+  at = tf.minimum(tf.searchsorted(ordered, values, out_type=tf.int64),
+                  tf.maximum(size - 1, 0))
+  padded = tf.concat([ordered, tf.zeros([1], ordered.dtype)], 0)
+  return tf.logical_and(size > 0, tf.equal(tf.gather(padded, at), values))
+
+
+def _check_positive_int(name, value, upper=None):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(
+        f"`{name}` must be a positive integer. Received: {name}={value!r}")
+  if upper is not None and value > upper:
+    raise ValueError(
+        f"`{name}` must be at most {upper}. Received: {name}={value!r}")
+
+
+class CuckooHashTable(tf.Module):
+  """A bucketized cuckoo hash index from int64 keys to stable row ids.
+
+  Every key gets its own row: there are no collisions, unlike the hashing
+  trick (`id % buckets`). Keys live in `num_buckets` buckets of
+  `slots_per_bucket` slots; each key may sit in one of two distinct buckets
+  chosen by two hash functions, so a lookup is two bucket gathers and a
+  compare, O(1) in the worst case, and compiles with XLA.
+
+  The index maps key -> row id. Rows never move when cuckoo displaces a key:
+  they come from a free list and return to it when their key is removed or
+  expires. Per row the table keeps its key (reverse map), last-seen time,
+  occurrence count and a dirty flag (touched since the last `take_changes`),
+  and it records removed keys so that a patch can list them.
+
+  Inserts run in parallel rounds inside one `tf.while_loop`: pending keys are
+  ranked per target bucket and fill empty slots; a key whose two buckets are
+  both full evicts a victim, preferring one whose other bucket has room, and
+  the victim becomes pending. Keys that cannot be placed after `max_rounds`
+  rounds are handled by `full_policy`, never by overwriting another key.
+
+  All state is in `tf.Variable`s, so the table checkpoints with
+  `tf.train.Checkpoint`, saves in a SavedModel, and loads in a stock
+  `tensorflow_model_server` (no custom ops).
+
+  Example:
+
+  ```python
+  table = tm.CuckooHashTable(capacity=1000)
+  table.insert([7, 42])          # -> [0, 1]
+  table.lookup([42, 5])          # -> [1, -1]
+  table.remove([7])
+  table.size()                   # -> 1
+  ```
+
+  Args:
+    capacity: Number of rows, i.e. the most keys the table can hold.
+    slots_per_bucket: Slots per bucket (4 or 8 are typical). 8 slots fill to
+      about 99.7 % before a placement fails, 4 to about 98 %.
+    num_buckets: Buckets of the index. Defaults to enough buckets for the
+      index to be 90 % full when every row is taken.
+    full_policy: What an insert does when the table has no free row (or, at
+      extreme index load, cannot place a key): `"evict_lru"` evicts the least
+      recently seen keys to make room; `"error"` raises `InvalidArgumentError`
+      before changing anything.
+    max_rounds: Bound on the parallel cuckoo rounds of one insert.
+    name: Module name.
+  """
+
+  def __init__(self,
+               capacity: int,
+               slots_per_bucket: int = 8,
+               num_buckets: Optional[int] = None,
+               full_policy: str = "evict_lru",
+               max_rounds: int = 256,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    _check_positive_int("capacity", capacity, _MAX_CAPACITY)
+    _check_positive_int("slots_per_bucket", slots_per_bucket, 64)
+    if num_buckets is None:
+      num_buckets = max(
+          2, math.ceil(capacity / (slots_per_bucket * _TARGET_LOAD)))
+    _check_positive_int("num_buckets", num_buckets, _MAX_CAPACITY)
+    if num_buckets < 2:
+      raise ValueError("`num_buckets` must be at least 2 so that the two hash "
+                       f"functions give distinct buckets. Received: "
+                       f"num_buckets={num_buckets}")
+    if num_buckets * slots_per_bucket > _MAX_CAPACITY:
+      raise ValueError(
+          "`num_buckets * slots_per_bucket` must be below 2**31. Received: "
+          f"num_buckets={num_buckets}, slots_per_bucket={slots_per_bucket}")
+    if full_policy not in FULL_POLICIES:
+      raise ValueError(f"`full_policy` must be one of {FULL_POLICIES}. "
+                       f"Received: full_policy={full_policy!r}")
+    _check_positive_int("max_rounds", max_rounds)
+    self._capacity = capacity
+    self._slots = slots_per_bucket
+    self._num_buckets = num_buckets
+    self._full_policy = full_policy
+    self._max_rounds = max_rounds
+
+    index_size = num_buckets * slots_per_bucket
+    with tf.init_scope():
+      self.slot_keys = tf.Variable(
+          tf.zeros([index_size], tf.int64), trainable=False, name="slot_keys")
+      self.slot_rows = tf.Variable(
+          tf.fill([index_size], tf.constant(-1, tf.int32)), trainable=False,
+          name="slot_rows")
+      self.row_keys = tf.Variable(
+          tf.zeros([capacity], tf.int64), trainable=False, name="row_keys")
+      self.row_live = tf.Variable(
+          tf.zeros([capacity], tf.int32), trainable=False, name="row_live")
+      self.row_last_seen = tf.Variable(
+          tf.zeros([capacity], tf.int64), trainable=False,
+          name="row_last_seen")
+      self.row_count = tf.Variable(
+          tf.zeros([capacity], tf.int64), trainable=False, name="row_count")
+      self.row_dirty = tf.Variable(
+          tf.zeros([capacity], tf.int32), trainable=False, name="row_dirty")
+      # Free rows form a stack; free_stack[:num_free] are free, top last.
+      self.free_stack = tf.Variable(
+          tf.range(capacity - 1, -1, -1, dtype=tf.int32), trainable=False,
+          name="free_stack")
+      self.num_free = tf.Variable(
+          tf.constant(capacity, tf.int64), trainable=False, name="num_free")
+      # Keys removed since the last `take_changes`; on overflow the next
+      # change set is a full snapshot instead.
+      self.removed_keys = tf.Variable(
+          tf.zeros([capacity], tf.int64), trainable=False,
+          name="removed_keys")
+      self.num_removed = tf.Variable(
+          tf.constant(0, tf.int64), trainable=False, name="num_removed")
+      self.removed_overflow = tf.Variable(
+          tf.constant(0, tf.int64), trainable=False, name="removed_overflow")
+      # Keys that could not be given a row (full table), cumulative.
+      self.rejected = tf.Variable(
+          tf.constant(0, tf.int64), trainable=False, name="rejected")
+
+  # ---------------------------------------------------------------- properties
+
+  @property
+  def capacity(self) -> int:
+    """Number of rows: the most keys the table can hold."""
+    return self._capacity
+
+  @property
+  def slots_per_bucket(self) -> int:
+    return self._slots
+
+  @property
+  def num_buckets(self) -> int:
+    return self._num_buckets
+
+  @property
+  def full_policy(self) -> str:
+    return self._full_policy
+
+  def size(self) -> tf.Tensor:
+    """Number of live keys (int64 scalar)."""
+    return tf.constant(self._capacity, tf.int64) - self.num_free
+
+  def load_factor(self) -> tf.Tensor:
+    """Live keys / capacity (float64 scalar)."""
+    return tf.cast(self.size(), tf.float64) / self._capacity
+
+  def index_load_factor(self) -> tf.Tensor:
+    """Occupied index slots / index slots (float64 scalar)."""
+    return tf.cast(self.size(), tf.float64) / (
+        self._num_buckets * self._slots)
+
+  # ------------------------------------------------------------------- hashing
+
+  def _buckets(self, keys):
+    h = hashing.mix64(keys, _BUCKET_SEED)
+    b1 = hashing.reduce_range(h, self._num_buckets)
+    offset = hashing.reduce_range(h, self._num_buckets - 1, high=True)
+    b2 = b1 + 1 + offset
+    b2 = tf.where(b2 >= self._num_buckets, b2 - self._num_buckets, b2)
+    return b1, b2
+
+  # -------------------------------------------------------------------- lookup
+
+  def _match(self, keys):
+    """Both candidate buckets of each key: their rows and a match mask."""
+    b1, b2 = self._buckets(keys)
+    buckets = tf.stack([b1, b2], axis=1)                      # [n, 2]
+    shape = [self._num_buckets, self._slots]
+    slot_keys = tf.gather(tf.reshape(self.slot_keys, shape), buckets)
+    slot_rows = tf.gather(tf.reshape(self.slot_rows, shape), buckets)
+    match = tf.logical_and(
+        tf.equal(slot_keys, keys[:, None, None]), slot_rows >= 0)
+    return b1, b2, slot_rows, match                           # [n, 2, s]
+
+  def _probe(self, keys):
+    """Rows and index positions of int64 `keys` ([n]); -1 where absent."""
+    b1, b2, slot_rows, match = self._match(keys)
+    rows = tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
+    which = tf.argmax(tf.cast(tf.reshape(match, [-1, 2 * self._slots]),
+                              tf.int32), axis=1, output_type=tf.int64)
+    base = tf.where(which < self._slots, b1, b2) * self._slots
+    positions = tf.where(rows >= 0, base + which % self._slots, -1)
+    return rows, positions
+
+  def lookup_flat(self, keys: tf.Tensor) -> tf.Tensor:
+    """Rows of a 1-D int64 key tensor (graph building block); -1 if absent."""
+    _, _, slot_rows, match = self._match(keys)
+    return tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
+
+  def lookup(self, keys) -> tf.Tensor:
+    """Rows of `keys` (int64 or string, any shape); -1 where absent.
+
+    Never changes the table.
+
+    Args:
+      keys: int or string ids: a tensor, NumPy array or Python list.
+
+    Returns:
+      int32 tensor of the shape of `keys`.
+    """
+    keys = hashing.to_keys(keys, "keys")
+    return tf.reshape(self.lookup_flat(tf.reshape(keys, [-1])),
+                      tf.shape(keys))
+
+  # --------------------------------------------------------------- free list
+
+  def _pop_free(self, n):
+    top = self.num_free.read_value()
+    rows = tf.reverse(tf.gather(self.free_stack, tf.range(top - n, top)), [0])
+    with tf.control_dependencies([rows]):
+      self.num_free.assign_sub(n)
+    return rows
+
+  def _push_free(self, rows):
+    n = tf.size(rows, out_type=tf.int64)
+    top = self.num_free.read_value()
+    self.free_stack.scatter_nd_update(
+        tf.range(top, top + n)[:, None], rows)
+    self.num_free.assign_add(n)
+    self.row_live.scatter_nd_update(
+        tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
+    self.row_dirty.scatter_nd_update(
+        tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
+
+  def _record_removed(self, keys):
+    n = tf.size(keys, out_type=tf.int64)
+    start = self.num_removed.read_value()
+    fits = start + n <= self._capacity
+
+    def append():
+      self.removed_keys.scatter_nd_update(
+          tf.range(start, start + n)[:, None], keys)
+      self.num_removed.assign_add(n)
+      return tf.constant(0)
+
+    def overflow():
+      self.removed_overflow.assign(1)
+      return tf.constant(0)
+
+    return tf.cond(fits, append, overflow)
+
+  # ------------------------------------------------------------------- insert
+
+  def _rank_in_group(self, groups):
+    """0-based rank of each element among equal `groups` values."""
+    order = tf.argsort(groups, stable=True)
+    ordered = tf.gather(groups, order)
+    first = tf.searchsorted(ordered, ordered, side="left",
+                            out_type=tf.int32)
+    rank_sorted = tf.range(tf.size(groups)) - first
+    return tf.gather(rank_sorted, tf.math.invert_permutation(order))
+
+  def _place(self, keys, rows):
+    """Places (key, row) pairs into the index; returns what is left over.
+
+    The leftovers are pairs that could not be placed within `max_rounds`:
+    some may be keys displaced from the table, not the ones passed in.
+    """
+    s = self._slots
+    nb = self._num_buckets
+    slot_index = tf.range(s, dtype=tf.int64)
+
+    def body(rnd, keys, rows):
+      b1, b2 = self._buckets(keys)
+      slot_rows = tf.reshape(self.slot_rows, [nb, s])
+      occ1 = tf.gather(slot_rows, b1) >= 0
+      occ2 = tf.gather(slot_rows, b2) >= 0
+      free1 = s - tf.reduce_sum(tf.cast(occ1, tf.int32), axis=1)
+      free2 = s - tf.reduce_sum(tf.cast(occ2, tf.int32), axis=1)
+      use1 = free1 >= free2
+      bucket = tf.where(use1, b1, b2)
+      free = tf.where(use1, free1, free2)
+      empty = tf.logical_not(tf.where(use1[:, None], occ1, occ2))
+      rank = self._rank_in_group(bucket)
+      fill = rank < free
+      # The rank-th empty slot of the chosen bucket.
+      nth_empty = tf.logical_and(
+          tf.cumsum(tf.cast(empty, tf.int32), axis=1) == rank[:, None] + 1,
+          empty)
+      slot = tf.argmax(tf.cast(nth_empty, tf.int32), axis=1,
+                       output_type=tf.int64)
+      fill_pos = tf.boolean_mask(bucket * s + slot, fill)[:, None]
+      self.slot_keys.scatter_nd_update(fill_pos, tf.boolean_mask(keys, fill))
+      self.slot_rows.scatter_nd_update(fill_pos, tf.boolean_mask(rows, fill))
+
+      # Keys whose two buckets were both full kick a victim out.
+      stuck = tf.logical_and(free1 == 0, free2 == 0)
+      waiting = tf.logical_and(tf.logical_not(fill), tf.logical_not(stuck))
+      parity = tf.bitwise.bitwise_and(
+          hashing.mix64(keys, 77) + tf.cast(rnd, tf.int64), 1)
+      kick_bucket = tf.boolean_mask(tf.where(parity == 0, b1, b2), stuck)
+      stuck_keys = tf.boolean_mask(keys, stuck)
+      stuck_rows = tf.boolean_mask(rows, stuck)
+      kick_rank = self._rank_in_group(kick_bucket)
+      kick = kick_rank < s
+
+      slot_keys = tf.reshape(self.slot_keys, [nb, s])
+      slot_rows = tf.reshape(self.slot_rows, [nb, s])
+      victim_keys = tf.gather(slot_keys, kick_bucket)          # [k, s]
+      victim_rows = tf.gather(slot_rows, kick_bucket)
+      v1, v2 = self._buckets(victim_keys)
+      other = v1 + v2 - kick_bucket[:, None]
+      other_free = s - tf.reduce_sum(
+          tf.cast(tf.gather(slot_rows, other) >= 0, tf.int32), axis=2)
+      # Victims whose other bucket has room first; rotate by round.
+      score = tf.where(other_free > 0, 0, s) + tf.cast(
+          (slot_index + tf.cast(rnd, tf.int64)) % s, tf.int32)[None, :]
+      order = tf.argsort(score, axis=1, stable=True)
+      victim_slot = tf.gather(
+          order, tf.minimum(kick_rank, s - 1)[:, None], batch_dims=1)[:, 0]
+      kick_pos = tf.cast(kick_bucket, tf.int64) * s + tf.cast(
+          victim_slot, tf.int64)
+      displaced_keys = tf.boolean_mask(
+          tf.gather(victim_keys, victim_slot, batch_dims=1), kick)
+      displaced_rows = tf.boolean_mask(
+          tf.gather(victim_rows, victim_slot, batch_dims=1), kick)
+      kick_pos = tf.boolean_mask(kick_pos, kick)[:, None]
+      with tf.control_dependencies([displaced_keys, displaced_rows]):
+        self.slot_keys.scatter_nd_update(kick_pos,
+                                         tf.boolean_mask(stuck_keys, kick))
+        self.slot_rows.scatter_nd_update(kick_pos,
+                                         tf.boolean_mask(stuck_rows, kick))
+      not_kicked = tf.logical_not(kick)
+      keys = tf.concat([
+          tf.boolean_mask(keys, waiting),
+          tf.boolean_mask(stuck_keys, not_kicked), displaced_keys
+      ], 0)
+      rows = tf.concat([
+          tf.boolean_mask(rows, waiting),
+          tf.boolean_mask(stuck_rows, not_kicked), displaced_rows
+      ], 0)
+      return rnd + 1, keys, rows
+
+    def cond(rnd, keys, rows):
+      del rows
+      return tf.logical_and(rnd < self._max_rounds, tf.size(keys) > 0)
+
+    _, keys, rows = tf.while_loop(
+        cond, body, [tf.constant(0), keys, rows],
+        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]),
+                          tf.TensorShape([None])])
+    return keys, rows
+
+  def _insert_new(self, keys, now):
+    """Gives rows to new, unique keys that fit; returns keys left out."""
+    n = tf.minimum(tf.size(keys, out_type=tf.int64), self.num_free)
+    fitted = keys[:n]
+    rows = self._pop_free(n)
+    rows64 = tf.cast(rows, tf.int64)[:, None]
+    self.row_keys.scatter_nd_update(rows64, fitted)
+    self.row_live.scatter_nd_update(rows64, tf.ones_like(rows))
+    self.row_last_seen.scatter_nd_update(rows64,
+                                         tf.fill(tf.shape(fitted), now))
+    self.row_count.scatter_nd_update(rows64, tf.zeros_like(fitted))
+    self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
+    left_keys, left_rows = self._place(fitted, rows)
+    # Leftovers are new keys or keys displaced from the table: both lose
+    # their row; displaced ones are recorded as removed.
+    was_new = isin(left_rows, rows)
+    displaced = tf.boolean_mask(left_keys, tf.logical_not(was_new))
+    self._push_free(left_rows)
+    self._record_removed(displaced)
+    self.rejected.assign_add(
+        tf.size(keys, out_type=tf.int64) - n +
+        tf.size(left_keys, out_type=tf.int64) -
+        tf.size(displaced, out_type=tf.int64))
+    return tf.size(displaced)
+
+  def upsert_unique(self, unique_keys: tf.Tensor, now=None):
+    """Inserts the absent ones of 1-D unique int64 keys (graph building block).
+
+    Args:
+      unique_keys: 1-D int64 tensor without duplicates.
+      now: event time (seconds) recorded as last-seen; wall time if None.
+
+    Returns:
+      `(rows, is_new)`: int32 rows of `unique_keys` (-1 where none could be
+      given) and a bool mask of the keys that got a fresh row in this call.
+    """
+    now = self._now(now)
+    rows = self.lookup_flat(unique_keys)
+    absent = rows < 0
+    new_keys = tf.boolean_mask(unique_keys, absent)
+    num_new = tf.size(new_keys, out_type=tf.int64)
+    shortfall = num_new - self.num_free
+    checks = []
+    if self._full_policy == "error":
+      checks.append(tf.debugging.Assert(
+          shortfall <= 0,
+          ["CuckooHashTable is full: cannot insert", num_new,
+           "new keys with", self.num_free, "free rows of capacity",
+           self._capacity, "(full_policy='error')."]))
+    with tf.control_dependencies(checks):
+      # Present keys are seen now, so LRU eviction picks others first.
+      self.touch_rows(tf.boolean_mask(rows, rows >= 0), now, count=None)
+      if self._full_policy == "evict_lru":
+        tf.cond(shortfall > 0, lambda: tf.size(self.evict_lru(shortfall)),
+                lambda: tf.constant(0))
+      displaced = tf.cond(num_new > 0,
+                          lambda: self._insert_new(new_keys, now),
+                          lambda: tf.constant(0))
+    # Eviction and displacement can move or drop keys of this batch: look
+    # everything up again so the returned rows are exact.
+    with tf.control_dependencies([displaced]):
+      rows = self.lookup_flat(unique_keys)
+    return rows, tf.logical_and(absent, rows >= 0)
+
+  def insert_flat(self, keys: tf.Tensor, now=None) -> tf.Tensor:
+    """`insert` for 1-D int64 keys (graph building block)."""
+    unique_keys, index = tf.unique(keys)
+    rows, _ = self.upsert_unique(unique_keys, now)
+    return tf.gather(rows, index)
+
+  def insert(self, keys, now=None) -> tf.Tensor:
+    """Gives a row to each new key; returns the rows of all `keys`.
+
+    Keys already present keep their rows. Rows of new keys are not touched
+    here: their content is the caller's (the embedding layer initialises it).
+
+    Args:
+      keys: int or string ids of any shape.
+      now: event time in seconds recorded as the keys' last-seen time;
+        defaults to wall time.
+
+    Returns:
+      int32 rows of the shape of `keys`; -1 for keys that got no row (only
+      possible when more new keys than `capacity` arrive at once).
+
+    Raises:
+      InvalidArgumentError: with `full_policy="error"`, when the new keys do
+        not fit; the table is then left unchanged.
+    """
+    keys = hashing.to_keys(keys, "keys")
+    return tf.reshape(self.insert_flat(tf.reshape(keys, [-1]), now),
+                      tf.shape(keys))
+
+  # ------------------------------------------------------------------- remove
+
+  def remove_flat(self, keys: tf.Tensor) -> tf.Tensor:
+    """`remove` for 1-D int64 keys (graph building block)."""
+    unique_keys, index = tf.unique(keys)
+    rows, positions = self._probe(unique_keys)
+    found = rows >= 0
+    positions = tf.boolean_mask(positions, found)
+    self.slot_rows.scatter_nd_update(
+        positions[:, None], tf.fill(tf.shape(positions), -1))
+    self._push_free(tf.boolean_mask(rows, found))
+    self._record_removed(tf.boolean_mask(unique_keys, found))
+    return tf.gather(found, index)
+
+  def remove(self, keys) -> tf.Tensor:
+    """Removes `keys`, freeing their rows; returns which ones were present.
+
+    Removed keys are listed by the next `take_changes` (and so in the next
+    embedding patch).
+
+    Args:
+      keys: int or string ids of any shape.
+
+    Returns:
+      bool tensor of the shape of `keys`.
+    """
+    keys = hashing.to_keys(keys, "keys")
+    return tf.reshape(self.remove_flat(tf.reshape(keys, [-1])),
+                      tf.shape(keys))
+
+  # ------------------------------------------------------- time and eviction
+
+  def _now(self, now):
+    if now is None:
+      return tf.cast(tf.timestamp(), tf.int64)
+    return tf.cast(now, tf.int64)
+
+  def touch_rows(self, rows, now, count=None):
+    """Marks `rows` seen at `now` (and dirty); adds `count` occurrences."""
+    rows64 = tf.cast(rows, tf.int64)[:, None]
+    now = self._now(now)
+    self.row_last_seen.scatter_nd_max(rows64, tf.fill(tf.shape(rows), now))
+    self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
+    if count is not None:
+      self.row_count.scatter_nd_add(rows64, tf.cast(count, tf.int64))
+
+  def live_rows(self) -> tf.Tensor:
+    """Rows that hold a key, ascending (int32)."""
+    return tf.cast(tf.where(self.row_live > 0)[:, 0], tf.int32)
+
+  def expire(self, cutoff) -> tf.Tensor:
+    """Removes keys last seen before `cutoff` (seconds); returns them."""
+    stale = tf.logical_and(self.row_live > 0,
+                           self.row_last_seen < tf.cast(cutoff, tf.int64))
+    keys = tf.boolean_mask(self.row_keys, stale)
+    self.remove_flat(keys)
+    return keys
+
+  def evict_lru(self, n) -> tf.Tensor:
+    """Removes the `n` least recently seen keys; returns them."""
+    n = tf.cast(n, tf.int32)
+    live = self.row_live > 0
+    age = tf.where(live, -self.row_last_seen, tf.int64.min)
+    k = tf.minimum(n, tf.reduce_sum(tf.cast(live, tf.int32)))
+    _, rows = tf.math.top_k(age, k=k, sorted=False)
+    keys = tf.gather(self.row_keys, rows)
+    self.remove_flat(keys)
+    return keys
+
+  # ------------------------------------------------------------------ changes
+
+  def take_changes(self):
+    """Returns and clears what changed since the last call.
+
+    Returns:
+      A tuple `(rows, keys, removed, full)`: rows touched since the last call
+      and their keys (ascending rows), keys removed since then that are not
+      live now, and `full` (bool scalar): True when the removed-key log
+      overflowed, in which case `rows` holds every live row and the reader
+      must drop any key not listed.
+    """
+    full = self.removed_overflow > 0
+    dirty = tf.logical_and(self.row_live > 0,
+                           tf.logical_or(self.row_dirty > 0, full))
+    rows = tf.cast(tf.where(dirty)[:, 0], tf.int32)
+    keys = tf.gather(self.row_keys, rows)
+    removed = tf.unique(self.removed_keys[:self.num_removed.read_value()])[0]
+    removed = tf.boolean_mask(removed, self.lookup_flat(removed) < 0)
+    removed = tf.cond(full, lambda: removed[:0], lambda: removed)
+    with tf.control_dependencies([rows, keys, removed]):
+      self.row_dirty.assign(tf.zeros_like(self.row_dirty))
+      self.num_removed.assign(0)
+      self.removed_overflow.assign(0)
+    return rows, keys, removed, full
