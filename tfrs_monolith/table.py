@@ -302,17 +302,20 @@ class CuckooHashTable(tf.Module):
     rank_sorted = tf.range(tf.size(groups)) - first
     return tf.gather(rank_sorted, tf.math.invert_permutation(order))
 
-  def _place(self, keys, rows):
+  def _place(self, keys, rows, kick=True):
     """Places (key, row) pairs into the index; returns what is left over.
 
     The leftovers are pairs that could not be placed within `max_rounds`:
     some may be keys displaced from the table, not the ones passed in.
+    With `kick=False`, keys only take free slots and nothing is displaced.
     """
     s = self._slots
     nb = self._num_buckets
     slot_index = tf.range(s, dtype=tf.int64)
+    allow_kicks = kick
+    max_rounds = self._max_rounds if kick else 4
 
-    def body(rnd, keys, rows):
+    def body(rnd, keys, rows, avoid):
       b1, b2 = self._buckets(keys)
       slot_rows = tf.reshape(self.slot_rows, [nb, s])
       occ1 = tf.gather(slot_rows, b1) >= 0
@@ -335,16 +338,22 @@ class CuckooHashTable(tf.Module):
       self.slot_keys.scatter_nd_update(fill_pos, tf.boolean_mask(keys, fill))
       self.slot_rows.scatter_nd_update(fill_pos, tf.boolean_mask(rows, fill))
 
-      # Keys whose two buckets were both full kick a victim out.
+      # Keys whose two buckets were both full kick a victim out: a key that
+      # was itself just displaced goes to its other bucket (a random walk,
+      # never straight back); a new key picks one of its two at random.
       stuck = tf.logical_and(free1 == 0, free2 == 0)
       waiting = tf.logical_and(tf.logical_not(fill), tf.logical_not(stuck))
-      parity = tf.bitwise.bitwise_and(
-          hashing.mix64(keys, 77) + tf.cast(rnd, tf.int64), 1)
-      kick_bucket = tf.boolean_mask(tf.where(parity == 0, b1, b2), stuck)
+      coin = tf.bitwise.bitwise_and(
+          hashing.mix64(keys + tf.cast(rnd, tf.int64), 77), 1) == 0
+      kick_bucket = tf.where(avoid == b1, b2,
+                             tf.where(avoid == b2, b1,
+                                      tf.where(coin, b1, b2)))
+      kick_bucket = tf.boolean_mask(kick_bucket, stuck)
       stuck_keys = tf.boolean_mask(keys, stuck)
       stuck_rows = tf.boolean_mask(rows, stuck)
+      stuck_avoid = tf.boolean_mask(avoid, stuck)
       kick_rank = self._rank_in_group(kick_bucket)
-      kick = kick_rank < s
+      kick = kick_rank < (s if allow_kicks else 0)
 
       slot_keys = tf.reshape(self.slot_keys, [nb, s])
       slot_rows = tf.reshape(self.slot_rows, [nb, s])
@@ -354,9 +363,11 @@ class CuckooHashTable(tf.Module):
       other = v1 + v2 - kick_bucket[:, None]
       other_free = s - tf.reduce_sum(
           tf.cast(tf.gather(slot_rows, other) >= 0, tf.int32), axis=2)
-      # Victims whose other bucket has room first; rotate by round.
+      # Victims whose other bucket has room first, then a random rotation.
+      turn = hashing.reduce_range(
+          hashing.mix64(kick_bucket + tf.cast(rnd, tf.int64) * nb, 78), s)
       score = tf.where(other_free > 0, 0, s) + tf.cast(
-          (slot_index + tf.cast(rnd, tf.int64)) % s, tf.int32)[None, :]
+          (slot_index[None, :] + turn[:, None]) % s, tf.int32)
       order = tf.argsort(score, axis=1, stable=True)
       victim_slot = tf.gather(
           order, tf.minimum(kick_rank, s - 1)[:, None], batch_dims=1)[:, 0]
@@ -381,16 +392,23 @@ class CuckooHashTable(tf.Module):
           tf.boolean_mask(rows, waiting),
           tf.boolean_mask(stuck_rows, not_kicked), displaced_rows
       ], 0)
-      return rnd + 1, keys, rows
+      avoid = tf.concat([
+          tf.boolean_mask(avoid, waiting),
+          tf.boolean_mask(stuck_avoid, not_kicked),
+          tf.boolean_mask(kick_bucket, kick)
+      ], 0)
+      return rnd + 1, keys, rows, avoid
 
-    def cond(rnd, keys, rows):
-      del rows
-      return tf.logical_and(rnd < self._max_rounds, tf.size(keys) > 0)
+    def cond(rnd, keys, rows, avoid):
+      del rows, avoid
+      return tf.logical_and(rnd < max_rounds, tf.size(keys) > 0)
 
-    _, keys, rows = tf.while_loop(
-        cond, body, [tf.constant(0), keys, rows],
-        shape_invariants=[tf.TensorShape([]), tf.TensorShape([None]),
-                          tf.TensorShape([None])])
+    vector = tf.TensorShape([None])
+    _, keys, rows, _ = tf.while_loop(
+        cond, body,
+        [tf.constant(0), keys, rows, tf.fill(tf.shape(keys), tf.constant(
+            -1, tf.int64))],
+        shape_invariants=[tf.TensorShape([]), vector, vector, vector])
     return keys, rows
 
   def _insert_new(self, keys, now):
@@ -406,10 +424,15 @@ class CuckooHashTable(tf.Module):
     self.row_count.scatter_nd_update(rows64, tf.zeros_like(fitted))
     self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
     left_keys, left_rows = self._place(fitted, rows)
-    # Leftovers are new keys or keys displaced from the table: both lose
-    # their row; displaced ones are recorded as removed.
-    was_new = isin(left_rows, rows)
-    displaced = tf.boolean_mask(left_keys, tf.logical_not(was_new))
+    left_keys, left_rows = tf.cond(
+        tf.reduce_all(isin(left_rows, rows)),
+        lambda: (left_keys, left_rows),
+        lambda: self._put_back_displaced(fitted, rows, left_keys, left_rows))
+    # Leftovers lose their row. They are new keys, except (only if putting
+    # back failed) keys displaced from the table: those are recorded as
+    # removed, so that patches tell replicas.
+    displaced = tf.boolean_mask(left_keys,
+                                tf.logical_not(isin(left_rows, rows)))
     self._push_free(left_rows)
     self._record_removed(displaced)
     self.rejected.assign_add(
@@ -417,6 +440,31 @@ class CuckooHashTable(tf.Module):
         tf.size(left_keys, out_type=tf.int64) -
         tf.size(displaced, out_type=tf.int64))
     return tf.size(displaced)
+
+  def _put_back_displaced(self, keys, rows, left_keys, left_rows):
+    """After a failed placement, old keys win over the new ones.
+
+    Takes this insert's placed keys out of the index again, re-places the
+    displaced old keys (they fitted before the insert, so they fit without
+    the new ones), then puts back new keys only into free slots.
+    """
+    left_new = isin(left_rows, rows)
+    placed = tf.logical_not(isin(rows, left_rows))
+    placed_keys = tf.boolean_mask(keys, placed)
+    placed_rows = tf.boolean_mask(rows, placed)
+    _, positions = self._probe(placed_keys)
+    self.slot_rows.scatter_nd_update(
+        positions[:, None], tf.fill(tf.shape(positions), -1))
+    with tf.control_dependencies([positions]):
+      old_keys, old_rows = self._place(
+          tf.boolean_mask(left_keys, tf.logical_not(left_new)),
+          tf.boolean_mask(left_rows, tf.logical_not(left_new)))
+    with tf.control_dependencies([old_keys, old_rows]):
+      new_keys, new_rows = self._place(placed_keys, placed_rows, kick=False)
+    return (tf.concat([old_keys, new_keys,
+                       tf.boolean_mask(left_keys, left_new)], 0),
+            tf.concat([old_rows, new_rows,
+                       tf.boolean_mask(left_rows, left_new)], 0))
 
   def upsert_unique(self, unique_keys: tf.Tensor, now=None):
     """Inserts the absent ones of 1-D unique int64 keys (graph building block).
