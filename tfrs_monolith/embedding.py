@@ -330,8 +330,13 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     vectors = tf.gather(self.embeddings, tf.maximum(rows, 0))
     return tf.where((rows >= 0)[:, None], vectors, tf.zeros_like(vectors))
 
-  def _learn(self, keys):
-    """Training lookup of 1-D int64 `keys`: admit, insert, touch, read."""
+  def _admit(self, keys):
+    """Admits, inserts and touches 1-D int64 `keys` (training only).
+
+    Returns:
+      `(rows, index)`: the rows of the distinct keys (-1 where not admitted)
+      and, for each key, the position of its distinct key.
+    """
     now = self._now()
     self.clock.assign(tf.maximum(self.clock, now))
     unique_keys, index, counts = tf.unique_with_counts(keys)
@@ -352,13 +357,28 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     rows = tf.tensor_scatter_nd_update(
         tf.fill(tf.shape(unique_keys), -1), tf.where(admitted), rows)
     found = rows >= 0
-    found_rows = tf.boolean_mask(rows, found)
-    self._table.touch_rows(found_rows, now, tf.boolean_mask(counts, found))
+    self._table.touch_rows(tf.boolean_mask(rows, found), now,
+                           tf.boolean_mask(counts, found))
+    return rows, index
+
+  @tf.function(reduce_retracing=True, autograph=False)
+  def _admit_graph(self, keys, num_optimizer_rows):
+    # `num_optimizer_rows` retraces once the optimizer has created its state.
+    del num_optimizer_rows
+    return self._admit(keys)
+
+  def _learn(self, keys):
+    """Training lookup of 1-D int64 `keys`: admit, insert, touch, read."""
+    if tf.executing_eagerly():   # Run the table updates as one graph.
+      rows, index = self._admit_graph(keys, len(self._optimizer_rows()))
+    else:
+      rows, index = self._admit(keys)
+    found = rows >= 0
     # Gather only the distinct rows that exist, so the gradient is an
     # IndexedSlices over exactly those rows.
     vectors = tf.scatter_nd(
-        tf.where(found), tf.gather(self.embeddings, found_rows),
-        [tf.size(unique_keys), self.output_dim])
+        tf.where(found), tf.gather(self.embeddings, tf.boolean_mask(
+            rows, found)), [tf.size(rows), self.output_dim])
     return tf.gather(vectors, index)
 
   def _embed(self, keys, training):
@@ -423,7 +443,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
 
   # ------------------------------------------------------------------ patches
 
-  @tf.function
+  @tf.function(autograph=False)
   def _take_patch(self):
     rows, keys, removed, full = self._table.take_changes()
     return keys, tf.gather(self.embeddings, rows), removed, full
@@ -507,7 +527,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         tf.constant(patch.created_at, tf.int64))
     return int(changed.numpy())
 
-  @tf.function
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, None], tf.float32),
+      tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.bool),
+      tf.TensorSpec([], tf.int64)], autograph=False)
   def _apply_patch_graph(self, keys, values, evicted, full, created_at):
     return self.apply_patch_tensors(keys, values, evicted, full, created_at)
 

@@ -123,9 +123,12 @@ def to_keys(ids, name: str = "ids") -> tf.Tensor:
   if dtype in (tf.int64, tf.int32, tf.int16, tf.int8, tf.uint8, tf.uint16,
                tf.uint32):
     return tf.cast(ids, tf.int64)
+  preview = ""
+  if tf.executing_eagerly() and hasattr(ids, "numpy"):
+    preview = ": " + _preview(ids.numpy())
   raise TypeError(
       f"`{name}` must hold integer or string ids. Received: {name} with "
-      f"dtype {dtype.name}")
+      f"dtype {dtype.name}{preview}")
 
 
 def _preview(array: np.ndarray) -> str:

@@ -302,18 +302,24 @@ class CuckooHashTable(tf.Module):
     rank_sorted = tf.range(tf.size(groups)) - first
     return tf.gather(rank_sorted, tf.math.invert_permutation(order))
 
-  def _place(self, keys, rows, kick=True):
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
+      tf.TensorSpec([], tf.bool)], autograph=False)
+  def _place(self, keys, rows, kick):
     """Places (key, row) pairs into the index; returns what is left over.
 
     The leftovers are pairs that could not be placed within `max_rounds`:
     some may be keys displaced from the table, not the ones passed in.
-    With `kick=False`, keys only take free slots and nothing is displaced.
+    With `kick` false, keys only take free slots and nothing is displaced.
+
+    A `tf.function`, so that an insert graph holds one copy of the loop
+    however often it places keys.
     """
     s = self._slots
     nb = self._num_buckets
     slot_index = tf.range(s, dtype=tf.int64)
-    allow_kicks = kick
-    max_rounds = self._max_rounds if kick else 4
+    kick_slots = tf.where(kick, s, 0)
+    max_rounds = tf.where(kick, self._max_rounds, 4)
 
     def body(rnd, keys, rows, avoid):
       b1, b2 = self._buckets(keys)
@@ -353,7 +359,7 @@ class CuckooHashTable(tf.Module):
       stuck_rows = tf.boolean_mask(rows, stuck)
       stuck_avoid = tf.boolean_mask(avoid, stuck)
       kick_rank = self._rank_in_group(kick_bucket)
-      kick = kick_rank < (s if allow_kicks else 0)
+      kick = kick_rank < kick_slots
 
       slot_keys = tf.reshape(self.slot_keys, [nb, s])
       slot_rows = tf.reshape(self.slot_rows, [nb, s])
@@ -423,7 +429,7 @@ class CuckooHashTable(tf.Module):
                                          tf.fill(tf.shape(fitted), now))
     self.row_count.scatter_nd_update(rows64, tf.zeros_like(fitted))
     self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
-    left_keys, left_rows = self._place(fitted, rows)
+    left_keys, left_rows = self._place(fitted, rows, True)
     left_keys, left_rows = tf.cond(
         tf.reduce_all(isin(left_rows, rows)),
         lambda: (left_keys, left_rows),
@@ -458,20 +464,23 @@ class CuckooHashTable(tf.Module):
     with tf.control_dependencies([positions]):
       old_keys, old_rows = self._place(
           tf.boolean_mask(left_keys, tf.logical_not(left_new)),
-          tf.boolean_mask(left_rows, tf.logical_not(left_new)))
+          tf.boolean_mask(left_rows, tf.logical_not(left_new)), True)
     with tf.control_dependencies([old_keys, old_rows]):
-      new_keys, new_rows = self._place(placed_keys, placed_rows, kick=False)
+      new_keys, new_rows = self._place(placed_keys, placed_rows, False)
     return (tf.concat([old_keys, new_keys,
                        tf.boolean_mask(left_keys, left_new)], 0),
             tf.concat([old_rows, new_rows,
                        tf.boolean_mask(left_rows, left_new)], 0))
 
-  def upsert_unique(self, unique_keys: tf.Tensor, now=None):
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                tf.TensorSpec([], tf.int64)],
+               autograph=False)
+  def upsert_unique(self, unique_keys: tf.Tensor, now: tf.Tensor):
     """Inserts the absent ones of 1-D unique int64 keys (graph building block).
 
     Args:
       unique_keys: 1-D int64 tensor without duplicates.
-      now: event time (seconds) recorded as last-seen; wall time if None.
+      now: int64 event time (seconds) recorded as last-seen.
 
     Returns:
       `(rows, is_new)`: int32 rows of `unique_keys` (-1 where none could be
@@ -508,7 +517,7 @@ class CuckooHashTable(tf.Module):
   def insert_flat(self, keys: tf.Tensor, now=None) -> tf.Tensor:
     """`insert` for 1-D int64 keys (graph building block)."""
     unique_keys, index = tf.unique(keys)
-    rows, _ = self.upsert_unique(unique_keys, now)
+    rows, _ = self.upsert_unique(unique_keys, self._now(now))
     return tf.gather(rows, index)
 
   def insert(self, keys, now=None) -> tf.Tensor:
@@ -531,8 +540,18 @@ class CuckooHashTable(tf.Module):
         not fit; the table is then left unchanged.
     """
     keys = hashing.to_keys(keys, "keys")
-    return tf.reshape(self.insert_flat(tf.reshape(keys, [-1]), now),
-                      tf.shape(keys))
+    flat = tf.reshape(keys, [-1])
+    if tf.executing_eagerly():  # One graph instead of op-by-op rounds.
+      rows = self._insert_graph(flat, self._now(now))
+    else:
+      rows = self.insert_flat(flat, now)
+    return tf.reshape(rows, tf.shape(keys))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                tf.TensorSpec([], tf.int64)],
+               autograph=False)
+  def _insert_graph(self, keys, now):
+    return self.insert_flat(keys, now)
 
   # ------------------------------------------------------------------- remove
 
@@ -561,8 +580,17 @@ class CuckooHashTable(tf.Module):
       bool tensor of the shape of `keys`.
     """
     keys = hashing.to_keys(keys, "keys")
-    return tf.reshape(self.remove_flat(tf.reshape(keys, [-1])),
-                      tf.shape(keys))
+    flat = tf.reshape(keys, [-1])
+    if tf.executing_eagerly():
+      found = self._remove_graph(flat)
+    else:
+      found = self.remove_flat(flat)
+    return tf.reshape(found, tf.shape(keys))
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)],
+               autograph=False)
+  def _remove_graph(self, keys):
+    return self.remove_flat(keys)
 
   # ------------------------------------------------------- time and eviction
 
