@@ -351,7 +351,7 @@ class TestSerialization:
                  "row_count", "row_dirty", "free_stack", "num_free"):
       np.testing.assert_array_equal(getattr(copy.table, name).numpy(),
                                     getattr(layer.table, name).numpy())
-    assert copy.clock.numpy() == 500 and copy.patch_sequence.numpy() == 1
+    assert copy.clock.numpy() == 520 and copy.patch_sequence.numpy() == 1
     # Sketch, dirty rows and patch sequence continue where they were.
     for table in (layer, copy):
       table(tf.constant([2, 9], tf.int64), training=True)
