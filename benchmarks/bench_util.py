@@ -20,8 +20,9 @@ selects Keras 2 (tf-keras) as TensorFlow Recommenders needs.
 import json
 import os
 import platform
+import subprocess
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -103,9 +104,21 @@ def time_interleaved(
   return wall, cpu
 
 
+def _git(*args: str) -> Optional[str]:
+  """Output of a git command run in this repository, or None."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    return subprocess.run(["git", "-C", root, *args], check=True,
+                          capture_output=True, text=True,
+                          timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
 def environment() -> Dict[str, object]:
   """Facts about the machine and versions, for the JSON result line."""
   threading = tf.config.threading
+  status = _git("status", "--porcelain", "--", "tfrs_monolith")
   return {
       "cpu_count": os.cpu_count(),
       "tf_version": tf.__version__,
@@ -114,6 +127,9 @@ def environment() -> Dict[str, object]:
       "inter_op_threads": threading.get_inter_op_parallelism_threads(),
       "intra_op_threads": threading.get_intra_op_parallelism_threads(),
       "loadavg_1min": round(os.getloadavg()[0], 2),
+      "git_commit": _git("rev-parse", "--short", "HEAD"),
+      # Whether the library sources differ from that commit.
+      "library_modified": (None if status is None else bool(status)),
   }
 
 

@@ -13,8 +13,7 @@
 # limitations under the License.
 """Tests for examples/movielens.py, run on the oldest 20,000 ratings.
 
-The data is fetched once into the repository's `data/` directory and reused;
-the tests are skipped if it is absent and cannot be downloaded.
+The data is fetched once into the repository's `data/` directory and reused.
 """
 
 import importlib.util
@@ -47,10 +46,7 @@ movielens = _load_example()
 @pytest.fixture(scope="module")
 def ratings():
   """(user, item, rating, timestamp) of all ratings, oldest first."""
-  try:
-    return movielens.load_ratings()
-  except (subprocess.CalledProcessError, OSError) as e:
-    pytest.skip(f"MovieLens-100K is absent and could not be fetched: {e}")
+  return movielens.load_ratings()
 
 
 @pytest.fixture(scope="module")

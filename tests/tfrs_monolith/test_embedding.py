@@ -334,7 +334,7 @@ class TestSerialization:
 
   def test_checkpoint_restores_whole_state(self, tmp_path):
     layer = tm.CollisionlessEmbedding(4, capacity=16, min_count=2,
-                                      ttl_seconds=50)
+                                      ttl_seconds=50, name="user")
     layer.advance_clock(500)
     layer(tf.constant([1, 1, 2, 3, 3], tf.int64), training=True)
     layer.expire(520)
@@ -342,7 +342,7 @@ class TestSerialization:
     layer(tf.constant([5, 5, 9], tf.int64), training=True)
     path = tf.train.Checkpoint(layer=layer).save(str(tmp_path / "ckpt"))
     copy = tm.CollisionlessEmbedding(4, capacity=16, min_count=2,
-                                     ttl_seconds=50)
+                                     ttl_seconds=50, name="user")
     copy.build(None)
     tf.train.Checkpoint(layer=copy).restore(path).assert_consumed()
     ids = [1, 2, 3, 5, 9]
