@@ -115,10 +115,14 @@ def _git(*args: str) -> Optional[str]:
     return None
 
 
+# The library as imported at start, in case the checkout changes meanwhile.
+_GIT_COMMIT = _git("rev-parse", "--short", "HEAD")
+_GIT_STATUS = _git("status", "--porcelain", "--", "tfrs_monolith")
+
+
 def environment() -> Dict[str, object]:
   """Facts about the machine and versions, for the JSON result line."""
   threading = tf.config.threading
-  status = _git("status", "--porcelain", "--", "tfrs_monolith")
   return {
       "cpu_count": os.cpu_count(),
       "tf_version": tf.__version__,
@@ -127,9 +131,10 @@ def environment() -> Dict[str, object]:
       "inter_op_threads": threading.get_inter_op_parallelism_threads(),
       "intra_op_threads": threading.get_intra_op_parallelism_threads(),
       "loadavg_1min": round(os.getloadavg()[0], 2),
-      "git_commit": _git("rev-parse", "--short", "HEAD"),
-      # Whether the library sources differ from that commit.
-      "library_modified": (None if status is None else bool(status)),
+      "git_commit": _GIT_COMMIT,
+      # Whether the library sources differed from that commit at start.
+      "library_modified": (None if _GIT_STATUS is None else
+                           bool(_GIT_STATUS)),
   }
 
 

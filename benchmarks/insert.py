@@ -25,8 +25,9 @@ placement or a full table:
 It reports new keys per second per load band (a batch's keys and time are
 shared out over the bands its load range spans), and the index load at the
 first failed placement: the first batch where some key got row -1,
-`table.rejected` grew, or the table lost keys it held (a key displaced by
-cuckoo moves that could not be placed again). Above `--fine_from` load,
+`table.rejected` grew, or the table gave up keys it held to make room
+(with the default `full_policy="evict_lru"`, a new key whose two buckets
+stay full takes the slot of their least recently seen key). Above `--fine_from` load,
 batches are `--fine_batch` keys (the last coarse batch is cut short at that
 load), to locate the failure load finely. The failure
 load is given as the load before the failing batch (every placement up to

@@ -16,9 +16,9 @@
 A batch of Zipf-distributed ids (random 64-bit keys) is looked up against a
 table holding `--live` keys, and turned into `--dim`-wide vectors, by:
 
-* `floor`: the hashing trick, `tf.gather(E, id % capacity)`, the least any
-  id -> vector lookup can cost; timed in graph mode and with XLA, the faster
-  of the two is the floor;
+* `floor`: the hashing trick, `tf.gather(E, id % capacity)`: one gather,
+  no collision handling; timed in graph mode and with XLA, the faster of the
+  two is the floor;
 * `ours`: `CollisionlessEmbedding` in inference (`layer(ids,
   training=False)`), in graph mode and with XLA, the faster is reported;
 * `ours_split`: the same lookup composed from its public parts: the
@@ -32,8 +32,7 @@ table holding `--live` keys, and turned into `--dim`-wide vectors, by:
 Each figure is the median of `--repeats` calls, timed in interleaved rounds,
 in microseconds per batch and as a ratio to the floor; process CPU time per
 call (all threads) is shown too, as it depends less on other processes'
-load. The last stdout line
-is the result as JSON.
+load. The last stdout line is the result as JSON.
 
 Usage:
   python benchmarks/lookup.py [--capacity 1000000] [--live 800000] ...

@@ -109,9 +109,9 @@ class CountMinSketch(tf.Module):
     current = tf.reduce_min(tf.gather(self.counters, cells), axis=1)
     # Conservative update: raise each counter only up to the new estimate.
     updated = current + counts
-    self.counters.scatter_nd_max(
-        tf.reshape(cells, [-1, 1]),
-        tf.reshape(tf.tile(updated[:, None], [1, self._depth]), [-1]))
+    self.counters.scatter_max(tf.IndexedSlices(
+        tf.reshape(tf.tile(updated[:, None], [1, self._depth]), [-1]),
+        tf.reshape(cells, [-1])))
     return updated
 
   def decay(self, factor: float = 0.5):

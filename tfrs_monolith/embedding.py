@@ -320,15 +320,17 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
   def _reset_rows(self, keys, rows):
     """Re-initialises `rows` (given to `keys`) and their optimizer state."""
     rows64 = tf.cast(rows, tf.int64)[:, None]
-    self.embeddings.scatter_nd_update(rows64, self._initial_values(keys))
+    table_lib.scatter(self.embeddings, rows64, self._initial_values(keys))
     for var in self._optimizer_rows():
       fresh = tf.gather(var, [self.capacity])          # never-trained row
-      var.scatter_nd_update(rows64, tf.tile(fresh, [tf.size(rows), 1]))
+      table_lib.scatter(var, rows64, tf.tile(fresh, [tf.size(rows), 1]))
+    return tf.size(rows)
 
   def _read_rows(self, rows):
     """Vectors of int32 `rows` ([n]); zeros where `rows` is -1."""
-    vectors = tf.gather(self.embeddings, tf.maximum(rows, 0))
-    return tf.where((rows >= 0)[:, None], vectors, tf.zeros_like(vectors))
+    # Absent ids read the spare last row, which is never trained: zeros.
+    return tf.gather(self.embeddings,
+                     tf.where(rows >= 0, rows, self.capacity))
 
   def _admit(self, keys):
     """Admits, inserts and touches 1-D int64 `keys` (training only).
@@ -351,14 +353,14 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     else:
       admitted = tf.ones_like(unique_keys, tf.bool)
     candidates = tf.boolean_mask(unique_keys, admitted)
-    rows, is_new = self._table.upsert_unique(candidates, now)
-    self._reset_rows(tf.boolean_mask(candidates, is_new),
-                     tf.boolean_mask(rows, is_new))
+    rows, is_new = self._table.upsert_unique(
+        candidates, now, tf.cast(tf.boolean_mask(counts, admitted), tf.int64))
+    new_keys = tf.boolean_mask(candidates, is_new)
+    tf.cond(tf.size(new_keys) > 0,
+            lambda: self._reset_rows(new_keys, tf.boolean_mask(rows, is_new)),
+            lambda: tf.constant(0))
     rows = tf.tensor_scatter_nd_update(
         tf.fill(tf.shape(unique_keys), -1), tf.where(admitted), rows)
-    found = rows >= 0
-    self._table.touch_rows(tf.boolean_mask(rows, found), now,
-                           tf.boolean_mask(counts, found))
     return rows, index
 
   @tf.function(reduce_retracing=True, autograph=False)
@@ -494,11 +496,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     with tf.control_dependencies([removed]):
       dropped = self._table.remove_flat(evicted)
     with tf.control_dependencies([dropped]):
-      rows, _ = self._table.upsert_unique(keys, now)
+      rows, _ = self._table.upsert_unique(keys, now, tf.zeros_like(keys))
     ok = rows >= 0
-    self.embeddings.scatter_nd_update(
-        tf.cast(tf.boolean_mask(rows, ok), tf.int64)[:, None],
-        tf.boolean_mask(values, ok))
+    table_lib.scatter(self.embeddings, tf.boolean_mask(rows, ok),
+                      tf.boolean_mask(values, ok))
     return (tf.reduce_sum(tf.cast(ok, tf.int64)) +
             tf.reduce_sum(tf.cast(dropped, tf.int64)) +
             tf.reduce_sum(tf.cast(removed, tf.int64)))

@@ -32,6 +32,18 @@ _MAX_CAPACITY = 2**31 - 2
 _TARGET_LOAD = 0.9
 
 
+def scatter(var: tf.Variable, indices: tf.Tensor, values: tf.Tensor,
+            op: str = "update"):
+  """`var[indices] (op)= values` for indices of shape [n] or [n, 1].
+
+  Goes through `IndexedSlices` (ResourceScatterUpdate and friends), which is
+  several times faster than `scatter_nd_*` on 1-D variables.
+  """
+  slices = tf.IndexedSlices(values, tf.reshape(indices, [-1]))
+  return {"update": var.scatter_update, "max": var.scatter_max,
+          "add": var.scatter_add}[op](slices)
+
+
 def isin(values: tf.Tensor, pool: tf.Tensor) -> tf.Tensor:
   """Elementwise `values in pool` for 1-D tensors (O((n + m) log m))."""
   ordered = tf.sort(pool)
@@ -68,9 +80,11 @@ class CuckooHashTable(tf.Module):
 
   Inserts run in parallel rounds inside one `tf.while_loop`: pending keys are
   ranked per target bucket and fill empty slots; a key whose two buckets are
-  both full evicts a victim, preferring one whose other bucket has room, and
-  the victim becomes pending. Keys that cannot be placed after `max_rounds`
-  rounds are handled by `full_policy`, never by overwriting another key.
+  both full displaces a victim, preferring one whose other bucket has room,
+  and the victim moves on to its other bucket. If keys are still pending
+  after `max_rounds` rounds, displaced keys are put back first and what is
+  left of the new keys is handled by `full_policy`; a live key's row is
+  never overwritten.
 
   All state is in `tf.Variable`s, so the table checkpoints with
   `tf.train.Checkpoint`, saves in a SavedModel, and loads in a stock
@@ -88,14 +102,17 @@ class CuckooHashTable(tf.Module):
 
   Args:
     capacity: Number of rows, i.e. the most keys the table can hold.
-    slots_per_bucket: Slots per bucket (4 or 8 are typical). 8 slots fill to
-      about 99.7 % before a placement fails, 4 to about 98 %.
+    slots_per_bucket: Slots per bucket (4 or 8 are typical). A tight index
+      of 8-slot buckets fills to about 99.5 % before a placement fails, of
+      4-slot buckets to about 97 %.
     num_buckets: Buckets of the index. Defaults to enough buckets for the
       index to be 90 % full when every row is taken.
-    full_policy: What an insert does when the table has no free row (or, at
-      extreme index load, cannot place a key): `"evict_lru"` evicts the least
-      recently seen keys to make room; `"error"` raises `InvalidArgumentError`
-      before changing anything.
+    full_policy: What an insert does when the table has no free row, or (only
+      with an index sized tighter than the default) cannot place a key in
+      its two full buckets. `"evict_lru"`: evict the least recently seen keys
+      of the table (no free row) or of those two buckets (no free slot), and
+      report them as removed. `"error"`: raise `InvalidArgumentError`,
+      inserting none of the call's keys.
     max_rounds: Bound on the parallel cuckoo rounds of one insert.
     name: Module name.
   """
@@ -213,13 +230,17 @@ class CuckooHashTable(tf.Module):
 
   # -------------------------------------------------------------------- lookup
 
+  def _slot_positions(self, buckets):
+    """Flat index positions of all slots of `buckets`: shape + [s]."""
+    return (buckets[..., None] * self._slots +
+            tf.range(self._slots, dtype=tf.int64))
+
   def _match(self, keys):
     """Both candidate buckets of each key: their rows and a match mask."""
     b1, b2 = self._buckets(keys)
-    buckets = tf.stack([b1, b2], axis=1)                      # [n, 2]
-    shape = [self._num_buckets, self._slots]
-    slot_keys = tf.gather(tf.reshape(self.slot_keys, shape), buckets)
-    slot_rows = tf.gather(tf.reshape(self.slot_rows, shape), buckets)
+    positions = self._slot_positions(tf.stack([b1, b2], axis=1))  # [n, 2, s]
+    slot_keys = tf.gather(self.slot_keys, positions)
+    slot_rows = tf.gather(self.slot_rows, positions)
     match = tf.logical_and(
         tf.equal(slot_keys, keys[:, None, None]), slot_rows >= 0)
     return b1, b2, slot_rows, match                           # [n, 2, s]
@@ -266,12 +287,12 @@ class CuckooHashTable(tf.Module):
   def _push_free(self, rows):
     n = tf.size(rows, out_type=tf.int64)
     top = self.num_free.read_value()
-    self.free_stack.scatter_nd_update(
+    scatter(self.free_stack, 
         tf.range(top, top + n)[:, None], rows)
     self.num_free.assign_add(n)
-    self.row_live.scatter_nd_update(
+    scatter(self.row_live, 
         tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
-    self.row_dirty.scatter_nd_update(
+    scatter(self.row_dirty, 
         tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
 
   def _record_removed(self, keys):
@@ -280,7 +301,7 @@ class CuckooHashTable(tf.Module):
     fits = start + n <= self._capacity
 
     def append():
-      self.removed_keys.scatter_nd_update(
+      scatter(self.removed_keys, 
           tf.range(start, start + n)[:, None], keys)
       self.num_removed.assign_add(n)
       return tf.constant(0)
@@ -323,9 +344,8 @@ class CuckooHashTable(tf.Module):
 
     def body(rnd, keys, rows, avoid):
       b1, b2 = self._buckets(keys)
-      slot_rows = tf.reshape(self.slot_rows, [nb, s])
-      occ1 = tf.gather(slot_rows, b1) >= 0
-      occ2 = tf.gather(slot_rows, b2) >= 0
+      occ1 = tf.gather(self.slot_rows, self._slot_positions(b1)) >= 0
+      occ2 = tf.gather(self.slot_rows, self._slot_positions(b2)) >= 0
       free1 = s - tf.reduce_sum(tf.cast(occ1, tf.int32), axis=1)
       free2 = s - tf.reduce_sum(tf.cast(occ2, tf.int32), axis=1)
       use1 = free1 >= free2
@@ -341,8 +361,8 @@ class CuckooHashTable(tf.Module):
       slot = tf.argmax(tf.cast(nth_empty, tf.int32), axis=1,
                        output_type=tf.int64)
       fill_pos = tf.boolean_mask(bucket * s + slot, fill)[:, None]
-      self.slot_keys.scatter_nd_update(fill_pos, tf.boolean_mask(keys, fill))
-      self.slot_rows.scatter_nd_update(fill_pos, tf.boolean_mask(rows, fill))
+      scatter(self.slot_keys, fill_pos, tf.boolean_mask(keys, fill))
+      scatter(self.slot_rows, fill_pos, tf.boolean_mask(rows, fill))
 
       # Keys whose two buckets were both full kick a victim out: a key that
       # was itself just displaced goes to its other bucket (a random walk,
@@ -361,14 +381,14 @@ class CuckooHashTable(tf.Module):
       kick_rank = self._rank_in_group(kick_bucket)
       kick = kick_rank < kick_slots
 
-      slot_keys = tf.reshape(self.slot_keys, [nb, s])
-      slot_rows = tf.reshape(self.slot_rows, [nb, s])
-      victim_keys = tf.gather(slot_keys, kick_bucket)          # [k, s]
-      victim_rows = tf.gather(slot_rows, kick_bucket)
+      victim_positions = self._slot_positions(kick_bucket)     # [k, s]
+      victim_keys = tf.gather(self.slot_keys, victim_positions)
+      victim_rows = tf.gather(self.slot_rows, victim_positions)
       v1, v2 = self._buckets(victim_keys)
       other = v1 + v2 - kick_bucket[:, None]
       other_free = s - tf.reduce_sum(
-          tf.cast(tf.gather(slot_rows, other) >= 0, tf.int32), axis=2)
+          tf.cast(tf.gather(self.slot_rows, self._slot_positions(other)) >= 0,
+                  tf.int32), axis=2)
       # Victims whose other bucket has room first, then a random rotation.
       turn = hashing.reduce_range(
           hashing.mix64(kick_bucket + tf.cast(rnd, tf.int64) * nb, 78), s)
@@ -385,9 +405,9 @@ class CuckooHashTable(tf.Module):
           tf.gather(victim_rows, victim_slot, batch_dims=1), kick)
       kick_pos = tf.boolean_mask(kick_pos, kick)[:, None]
       with tf.control_dependencies([displaced_keys, displaced_rows]):
-        self.slot_keys.scatter_nd_update(kick_pos,
+        scatter(self.slot_keys, kick_pos,
                                          tf.boolean_mask(stuck_keys, kick))
-        self.slot_rows.scatter_nd_update(kick_pos,
+        scatter(self.slot_rows, kick_pos,
                                          tf.boolean_mask(stuck_rows, kick))
       not_kicked = tf.logical_not(kick)
       keys = tf.concat([
@@ -417,35 +437,95 @@ class CuckooHashTable(tf.Module):
         shape_invariants=[tf.TensorShape([]), vector, vector, vector])
     return keys, rows
 
-  def _insert_new(self, keys, now):
+  def _insert_new(self, keys, now, counts):
     """Gives rows to new, unique keys that fit; returns keys left out."""
     n = tf.minimum(tf.size(keys, out_type=tf.int64), self.num_free)
     fitted = keys[:n]
     rows = self._pop_free(n)
     rows64 = tf.cast(rows, tf.int64)[:, None]
-    self.row_keys.scatter_nd_update(rows64, fitted)
-    self.row_live.scatter_nd_update(rows64, tf.ones_like(rows))
-    self.row_last_seen.scatter_nd_update(rows64,
+    scatter(self.row_keys, rows64, fitted)
+    scatter(self.row_live, rows64, tf.ones_like(rows))
+    scatter(self.row_last_seen, rows64,
                                          tf.fill(tf.shape(fitted), now))
-    self.row_count.scatter_nd_update(rows64, tf.zeros_like(fitted))
-    self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
+    scatter(self.row_count, rows64, counts[:n])
+    scatter(self.row_dirty, rows64, tf.ones_like(rows))
     left_keys, left_rows = self._place(fitted, rows, True)
     left_keys, left_rows = tf.cond(
         tf.reduce_all(isin(left_rows, rows)),
         lambda: (left_keys, left_rows),
         lambda: self._put_back_displaced(fitted, rows, left_keys, left_rows))
+    left_new = isin(left_rows, rows)
+    if self._full_policy == "evict_lru":
+      # A new key whose two buckets are full (and stay full after cuckoo
+      # moves) takes the slot of the least recently seen key among them.
+      self._evict_into_buckets(tf.boolean_mask(left_keys, left_new),
+                               tf.boolean_mask(left_rows, left_new))
+      left_keys = tf.boolean_mask(left_keys, tf.logical_not(left_new))
+      left_rows = tf.boolean_mask(left_rows, tf.logical_not(left_new))
+      left_new = tf.zeros_like(left_rows, tf.bool)
     # Leftovers lose their row. They are new keys, except (only if putting
     # back failed) keys displaced from the table: those are recorded as
     # removed, so that patches tell replicas.
-    displaced = tf.boolean_mask(left_keys,
-                                tf.logical_not(isin(left_rows, rows)))
+    displaced = tf.boolean_mask(left_keys, tf.logical_not(left_new))
     self._push_free(left_rows)
     self._record_removed(displaced)
-    self.rejected.assign_add(
-        tf.size(keys, out_type=tf.int64) - n +
-        tf.size(left_keys, out_type=tf.int64) -
-        tf.size(displaced, out_type=tf.int64))
+    unplaced = tf.size(left_keys, out_type=tf.int64) - tf.size(
+        displaced, out_type=tf.int64)
+    self.rejected.assign_add(tf.size(keys, out_type=tf.int64) - n + unplaced)
+    if self._full_policy == "error":
+      # All or nothing: take this insert's keys out again, then fail.
+      def roll_back():
+        placed = tf.logical_not(isin(rows, left_rows))
+        _, positions = self._probe(tf.boolean_mask(fitted, placed))
+        scatter(self.slot_rows, 
+            positions[:, None], tf.fill(tf.shape(positions), -1))
+        with tf.control_dependencies([positions]):
+          self._push_free(tf.boolean_mask(rows, placed))
+        return tf.constant(0)
+
+      done = tf.cond(unplaced > 0, roll_back, lambda: tf.constant(0))
+      with tf.control_dependencies([done]):
+        check = tf.debugging.Assert(
+            unplaced <= 0,
+            ["CuckooHashTable cannot place", unplaced, "of", n,
+             "new keys: their buckets are full (index load",
+             self.index_load_factor(), "; full_policy='error'). Nothing "
+             "was inserted."])
+      with tf.control_dependencies([check]):
+        return tf.size(displaced)
     return tf.size(displaced)
+
+  def _evict_into_buckets(self, keys, rows):
+    """Places each key in its buckets over their least recently seen key."""
+    s = self._slots
+
+    def body(i, _):
+      key = keys[i]
+      b1, b2 = self._buckets(key[None])
+      positions = tf.concat([b1 * s + tf.range(s, dtype=tf.int64),
+                             b2 * s + tf.range(s, dtype=tf.int64)], 0)
+      occupants = tf.gather(self.slot_rows, positions)
+      seen = tf.where(occupants < 0, tf.int64.min,
+                      tf.gather(self.row_last_seen,
+                                tf.maximum(occupants, 0)))
+      best = tf.argmin(seen, output_type=tf.int32)
+      victim = occupants[best]
+
+      def evict():
+        self._record_removed(tf.gather(self.row_keys, victim)[None])
+        self._push_free(victim[None])
+        return tf.constant(0)
+
+      done = tf.cond(victim >= 0, evict, lambda: tf.constant(0))
+      with tf.control_dependencies([done]):
+        position = positions[best][None, None]
+        scatter(self.slot_keys, position, key[None])
+        scatter(self.slot_rows, position, rows[i][None])
+      with tf.control_dependencies([position]):
+        return i + 1, done
+
+    tf.while_loop(lambda i, _: i < tf.size(keys), body,
+                  [tf.constant(0), tf.constant(0)])
 
   def _put_back_displaced(self, keys, rows, left_keys, left_rows):
     """After a failed placement, old keys win over the new ones.
@@ -459,7 +539,7 @@ class CuckooHashTable(tf.Module):
     placed_keys = tf.boolean_mask(keys, placed)
     placed_rows = tf.boolean_mask(rows, placed)
     _, positions = self._probe(placed_keys)
-    self.slot_rows.scatter_nd_update(
+    scatter(self.slot_rows, 
         positions[:, None], tf.fill(tf.shape(positions), -1))
     with tf.control_dependencies([positions]):
       old_keys, old_rows = self._place(
@@ -473,14 +553,20 @@ class CuckooHashTable(tf.Module):
                        tf.boolean_mask(left_rows, left_new)], 0))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
-                                tf.TensorSpec([], tf.int64)],
+                                tf.TensorSpec([], tf.int64),
+                                tf.TensorSpec([None], tf.int64)],
                autograph=False)
-  def upsert_unique(self, unique_keys: tf.Tensor, now: tf.Tensor):
+  def upsert_unique(self, unique_keys: tf.Tensor, now: tf.Tensor,
+                    counts: tf.Tensor):
     """Inserts the absent ones of 1-D unique int64 keys (graph building block).
+
+    All keys given are marked seen at `now` (and dirty) and their occurrence
+    counts grow by `counts`.
 
     Args:
       unique_keys: 1-D int64 tensor without duplicates.
       now: int64 event time (seconds) recorded as last-seen.
+      counts: int64 occurrences of each key to add to its count.
 
     Returns:
       `(rows, is_new)`: int32 rows of `unique_keys` (-1 where none could be
@@ -499,25 +585,34 @@ class CuckooHashTable(tf.Module):
           ["CuckooHashTable is full: cannot insert", num_new,
            "new keys with", self.num_free, "free rows of capacity",
            self._capacity, "(full_policy='error')."]))
+    present = tf.boolean_mask(rows, rows >= 0)
+    present_counts = tf.boolean_mask(counts, rows >= 0)
     with tf.control_dependencies(checks):
-      # Present keys are seen now, so LRU eviction picks others first.
-      self.touch_rows(tf.boolean_mask(rows, rows >= 0), now, count=None)
       if self._full_policy == "evict_lru":
+        # Present keys are seen now, so LRU eviction picks others first.
+        self.touch_rows(present, now, present_counts)
         tf.cond(shortfall > 0, lambda: tf.size(self.evict_lru(shortfall)),
                 lambda: tf.constant(0))
-      displaced = tf.cond(num_new > 0,
-                          lambda: self._insert_new(new_keys, now),
-                          lambda: tf.constant(0))
-    # Eviction and displacement can move or drop keys of this batch: look
-    # everything up again so the returned rows are exact.
-    with tf.control_dependencies([displaced]):
-      rows = self.lookup_flat(unique_keys)
+
+      def insert_and_look_up():
+        displaced = self._insert_new(new_keys, now,
+                                     tf.boolean_mask(counts, absent))
+        # Eviction and displacement can move or drop keys of this batch:
+        # look everything up again so the returned rows are exact.
+        with tf.control_dependencies([displaced]):
+          return self.lookup_flat(unique_keys)
+
+      rows = tf.cond(num_new > 0, insert_and_look_up, lambda: rows)
+      if self._full_policy == "error":
+        with tf.control_dependencies([rows]):
+          self.touch_rows(present, now, present_counts)
     return rows, tf.logical_and(absent, rows >= 0)
 
   def insert_flat(self, keys: tf.Tensor, now=None) -> tf.Tensor:
     """`insert` for 1-D int64 keys (graph building block)."""
     unique_keys, index = tf.unique(keys)
-    rows, _ = self.upsert_unique(unique_keys, self._now(now))
+    rows, _ = self.upsert_unique(unique_keys, self._now(now),
+                                 tf.zeros_like(unique_keys))
     return tf.gather(rows, index)
 
   def insert(self, keys, now=None) -> tf.Tensor:
@@ -561,7 +656,7 @@ class CuckooHashTable(tf.Module):
     rows, positions = self._probe(unique_keys)
     found = rows >= 0
     positions = tf.boolean_mask(positions, found)
-    self.slot_rows.scatter_nd_update(
+    scatter(self.slot_rows, 
         positions[:, None], tf.fill(tf.shape(positions), -1))
     self._push_free(tf.boolean_mask(rows, found))
     self._record_removed(tf.boolean_mask(unique_keys, found))
@@ -603,10 +698,10 @@ class CuckooHashTable(tf.Module):
     """Marks `rows` seen at `now` (and dirty); adds `count` occurrences."""
     rows64 = tf.cast(rows, tf.int64)[:, None]
     now = self._now(now)
-    self.row_last_seen.scatter_nd_max(rows64, tf.fill(tf.shape(rows), now))
-    self.row_dirty.scatter_nd_update(rows64, tf.ones_like(rows))
+    scatter(self.row_last_seen, rows64, tf.fill(tf.shape(rows), now), "max")
+    scatter(self.row_dirty, rows64, tf.ones_like(rows))
     if count is not None:
-      self.row_count.scatter_nd_add(rows64, tf.cast(count, tf.int64))
+      scatter(self.row_count, rows64, tf.cast(count, tf.int64), "add")
 
   def live_rows(self) -> tf.Tensor:
     """Rows that hold a key, ascending (int32)."""

@@ -139,7 +139,7 @@ def test_exported_graph_uses_only_core_ops(tmp_path):
       "serving_default": module.serve, "learn": module.learn,
       "apply_patch": module.apply_patch})
   ops = _op_types(path)
-  assert {"ResourceGather", "While", "ResourceScatterNdUpdate"} <= ops
+  assert {"ResourceGather", "While", "ResourceScatterUpdate"} <= ops
   not_core = sorted(op for op in ops if not hasattr(tf.raw_ops, op))
   assert not not_core, f"ops outside core TensorFlow: {not_core}"
   forbidden = sorted(op for op in ops if op.startswith("Xla") or

@@ -95,22 +95,39 @@ class TestPlacement:
   def test_fills_tight_index(self, slots, minimum):
     capacity = 16000
     table = tm.CuckooHashTable(capacity=capacity, slots_per_bucket=slots,
-                               num_buckets=capacity // slots)
+                               num_buckets=capacity // slots,
+                               full_policy="error")
     keys = _random_keys(capacity + 100, seed=slots)
     insert = tf.function(lambda k: table.insert_flat(k, 0))
-    for start in range(0, capacity + 100, 200):
-      rows = insert(tf.constant(keys[start:start + 200])).numpy()
-      if (rows < 0).any():
-        break
-    # Load reached by the insert in which the first placement failed.
-    assert table.rejected.numpy() > 0
-    assert table.size().numpy() / capacity >= minimum
-    # Keys placed before the failure were never dropped for new ones.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cannot place"):
+      for start in range(0, capacity, 100):
+        insert(tf.constant(keys[start:start + 100]))
+    # Load reached before the insert in which the first placement failed;
+    # that insert changed nothing.
+    assert table.size().numpy() == start
+    assert start / capacity >= minimum
+    assert len(np.unique(table.lookup(keys[:start]).numpy())) == start
     assert (table.lookup(keys[:start]).numpy() >= 0).all()
-    # Every key still in the table has a distinct row and finds it.
-    live = table.live_rows().numpy()
-    live_keys = table.row_keys.numpy()[live]
-    np.testing.assert_array_equal(table.lookup(live_keys).numpy(), live)
+
+  def test_lru_within_buckets_when_placement_fails(self):
+    capacity = 4000
+    table = tm.CuckooHashTable(capacity=capacity, slots_per_bucket=4,
+                               num_buckets=capacity // 4)
+    keys = _random_keys(capacity, seed=3)
+    insert = tf.function(lambda k, t: table.insert_flat(k, t))
+    for start in range(0, capacity, 200):
+      rows = insert(tf.constant(keys[start:start + 200]),
+                    tf.constant(start, tf.int64)).numpy()
+      # New keys always get a row: where their buckets are full, the least
+      # recently seen key there makes room, and is reported as removed.
+      assert (rows >= 0).all()
+    _, _, removed, _ = table.take_changes()
+    removed = removed.numpy()
+    assert 0 < len(removed) < capacity * 0.05
+    assert table.size().numpy() == capacity - len(removed)
+    assert (table.lookup(removed).numpy() == -1).all()
+    # The newest keys were never the ones to go.
+    assert not set(removed.tolist()) & set(keys[-200:].tolist())
 
   def test_lookup_compiles_with_xla(self):
     table = tm.CuckooHashTable(capacity=100)
