@@ -166,7 +166,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                ttl_seconds: Optional[float] = None,
                embeddings_initializer="uniform",
                full_policy: str = "evict_lru",
-               slots_per_bucket: int = 8,
+               slots_per_bucket: int = 4,
                admission_width: Optional[int] = None,
                admission_depth: int = 4,
                seed: int = 0,

@@ -119,7 +119,7 @@ class CuckooHashTable(tf.Module):
 
   def __init__(self,
                capacity: int,
-               slots_per_bucket: int = 8,
+               slots_per_bucket: int = 4,
                num_buckets: Optional[int] = None,
                full_policy: str = "evict_lru",
                max_rounds: int = 256,
@@ -445,11 +445,19 @@ class CuckooHashTable(tf.Module):
     rows64 = tf.cast(rows, tf.int64)[:, None]
     scatter(self.row_keys, rows64, fitted)
     scatter(self.row_live, rows64, tf.ones_like(rows))
-    scatter(self.row_last_seen, rows64,
-                                         tf.fill(tf.shape(fitted), now))
+    scatter(self.row_last_seen, rows64, tf.fill(tf.shape(fitted), now))
     scatter(self.row_count, rows64, counts[:n])
     scatter(self.row_dirty, rows64, tf.ones_like(rows))
     left_keys, left_rows = self._place(fitted, rows, True)
+    self.rejected.assign_add(tf.size(keys, out_type=tf.int64) - n)
+    return tf.cond(
+        tf.size(left_keys) > 0,
+        lambda: self._settle_leftovers(fitted, rows, left_keys, left_rows, n),
+        lambda: tf.constant(0))
+
+  def _settle_leftovers(self, fitted, rows, left_keys, left_rows, n):
+    """Handles keys `_place` could not place; returns how many old keys
+    were dropped (only if putting displaced keys back failed)."""
     left_keys, left_rows = tf.cond(
         tf.reduce_all(isin(left_rows, rows)),
         lambda: (left_keys, left_rows),
@@ -471,7 +479,7 @@ class CuckooHashTable(tf.Module):
     self._record_removed(displaced)
     unplaced = tf.size(left_keys, out_type=tf.int64) - tf.size(
         displaced, out_type=tf.int64)
-    self.rejected.assign_add(tf.size(keys, out_type=tf.int64) - n + unplaced)
+    self.rejected.assign_add(unplaced)
     if self._full_policy == "error":
       # All or nothing: take this insert's keys out again, then fail.
       def roll_back():
