@@ -269,11 +269,11 @@ class CuckooHashTable(tf.Module):
       keys: int or string ids: a tensor, NumPy array or Python list.
 
     Returns:
-      int32 tensor of the shape of `keys`.
+      int64 tensor of the shape of `keys`.
     """
     keys = hashing.to_keys(keys, "keys")
-    return tf.reshape(self.lookup_flat(tf.reshape(keys, [-1])),
-                      tf.shape(keys))
+    rows = self.lookup_flat(tf.reshape(keys, [-1]))
+    return tf.reshape(tf.cast(rows, tf.int64), tf.shape(keys))
 
   # --------------------------------------------------------------- free list
 
@@ -635,7 +635,7 @@ class CuckooHashTable(tf.Module):
         defaults to wall time.
 
     Returns:
-      int32 rows of the shape of `keys`; -1 for keys that got no row (only
+      int64 rows of the shape of `keys`; -1 for keys that got no row (only
       possible when more new keys than `capacity` arrive at once).
 
     Raises:
@@ -648,7 +648,7 @@ class CuckooHashTable(tf.Module):
       rows = self._insert_graph(flat, self._now(now))
     else:
       rows = self.insert_flat(flat, now)
-    return tf.reshape(rows, tf.shape(keys))
+    return tf.reshape(tf.cast(rows, tf.int64), tf.shape(keys))
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
                                 tf.TensorSpec([], tf.int64)],
@@ -707,7 +707,7 @@ class CuckooHashTable(tf.Module):
     rows64 = tf.cast(rows, tf.int64)[:, None]
     now = self._now(now)
     scatter(self.row_last_seen, rows64, tf.fill(tf.shape(rows), now), "max")
-    scatter(self.row_dirty, rows64, tf.ones_like(rows))
+    scatter(self.row_dirty, rows64, tf.ones_like(rows64[:, 0], tf.int32))
     if count is not None:
       scatter(self.row_count, rows64, tf.cast(count, tf.int64), "add")
 
