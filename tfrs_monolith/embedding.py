@@ -145,7 +145,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       (default, [-0.05, 0.05] as in Keras), "normal", "truncated_normal",
       "zeros", "ones", or a matching `tf.keras.initializers` object.
     full_policy: "evict_lru" or "error", see above.
-    slots_per_bucket: Slots per cuckoo bucket (8 fills to 99.7 %).
+    slots_per_bucket: Slots per cuckoo bucket: 4 (default) reads less per
+      lookup, 8 fills a tight index further (see `tm.CuckooHashTable`).
     admission_width: Counters per row of the admission sketch; defaults to
       `max(4096, capacity)`. Unused when `min_count == 1`.
     admission_depth: Rows (hash functions) of the admission sketch.
@@ -206,8 +207,9 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     if self.built:
       return
     # One row more than `capacity`: the last row is never given to a key and
-    # never receives a gradient, so its optimizer state stays at the initial
-    # value; `_reset_optimizer_rows` copies it into reused rows.
+    # never receives a gradient, so it stays zero (absent ids read it) and
+    # its optimizer state stays initial (`_reset_rows` copies that state
+    # into reused rows).
     self.embeddings = self.add_weight(
         name="embeddings", shape=[self.capacity + 1, self.output_dim],
         initializer="zeros", trainable=True)
@@ -256,7 +258,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     suffix = "/" + self.embeddings.name
     shape = self.embeddings.shape
     found = []
-    for var in optimizer.variables:
+    variables = optimizer.variables
+    if callable(variables):  # legacy optimizers: a method
+      variables = variables()
+    for var in variables:
       if var.shape == shape and var.name.endswith(suffix):
         found.append(var)
     if hasattr(optimizer, "get_slot_names"):  # legacy optimizers
@@ -265,7 +270,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
           found.append(optimizer.get_slot(self.embeddings, slot))
         except KeyError:
           pass
-    return found
+    return list({id(var): var for var in found}.values())
 
   # --------------------------------------------------------------------- time
 

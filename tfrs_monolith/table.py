@@ -27,8 +27,8 @@ FULL_POLICIES = ("evict_lru", "error")
 _BUCKET_SEED = 0x5EED_C0C0_0B0E_0001
 _MAX_CAPACITY = 2**31 - 2
 # Default index headroom: the index holds capacity / _TARGET_LOAD slots, so a
-# table whose rows are all taken fills its index to 90 %, far below the ~99.7 %
-# at which 8-slot bucketized cuckoo hashing starts to fail placements.
+# table whose rows are all taken fills its index to 90 %, below the ~97 %
+# (4-slot buckets) or ~99.4 % (8-slot) at which placements start to fail.
 _TARGET_LOAD = 0.9
 
 

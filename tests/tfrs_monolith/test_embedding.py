@@ -132,7 +132,8 @@ class TestExpiryAndReuse:
       tf.keras.optimizers.SGD(0.5, momentum=0.9),
       tf.keras.optimizers.Ftrl(0.5),
       tf.keras.optimizers.RMSprop(0.5),
-  ], ids=lambda o: type(o).__name__)
+      tf.keras.optimizers.legacy.Adagrad(0.5),
+  ], ids=lambda o: type(o).__module__.split(".")[-1] + type(o).__name__)
   def test_reused_row_starts_fresh(self, optimizer):
     layer = tm.CollisionlessEmbedding(4, capacity=1, ttl_seconds=10)
     layer.bind_optimizer(optimizer)
