@@ -347,26 +347,31 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     now = self._now()
     self.clock.assign(tf.maximum(self.clock, now))
     unique_keys, index, counts = tf.unique_with_counts(keys)
-    if self._sketch is not None:
-      rows = self._table.lookup_flat(unique_keys)
-      absent = rows < 0
-      estimates = self._sketch.add(tf.boolean_mask(unique_keys, absent),
-                                   tf.boolean_mask(counts, absent))
-      admitted = tf.tensor_scatter_nd_update(
-          tf.logical_not(absent), tf.where(absent),
-          estimates >= self.min_count)
-    else:
-      admitted = tf.ones_like(unique_keys, tf.bool)
+    counts = tf.cast(counts, tf.int64)
+    if self._sketch is None:  # Every key is admitted.
+      rows, is_new = self._table.upsert_unique(unique_keys, now, counts)
+      self._reset_new_rows(unique_keys, rows, is_new)
+      return rows, index
+    rows = self._table.lookup_flat(unique_keys)
+    absent = rows < 0
+    estimates = self._sketch.add(tf.boolean_mask(unique_keys, absent),
+                                 tf.boolean_mask(counts, absent))
+    admitted = tf.tensor_scatter_nd_update(
+        tf.logical_not(absent), tf.where(absent),
+        estimates >= self.min_count)
     candidates = tf.boolean_mask(unique_keys, admitted)
     rows, is_new = self._table.upsert_unique(
-        candidates, now, tf.cast(tf.boolean_mask(counts, admitted), tf.int64))
-    new_keys = tf.boolean_mask(candidates, is_new)
-    tf.cond(tf.size(new_keys) > 0,
-            lambda: self._reset_rows(new_keys, tf.boolean_mask(rows, is_new)),
-            lambda: tf.constant(0))
+        candidates, now, tf.boolean_mask(counts, admitted))
+    self._reset_new_rows(candidates, rows, is_new)
     rows = tf.tensor_scatter_nd_update(
         tf.fill(tf.shape(unique_keys), -1), tf.where(admitted), rows)
     return rows, index
+
+  def _reset_new_rows(self, keys, rows, is_new):
+    new_keys = tf.boolean_mask(keys, is_new)
+    tf.cond(tf.size(new_keys) > 0,
+            lambda: self._reset_rows(new_keys, tf.boolean_mask(rows, is_new)),
+            lambda: tf.constant(0))
 
   @tf.function(reduce_retracing=True, autograph=False)
   def _admit_graph(self, keys, num_optimizer_rows):
