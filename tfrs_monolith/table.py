@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Implements `CuckooHashTable`, a collisionless key -> row index in stock ops."""
+"""Implements `CuckooHashTable`: a collisionless key -> row index, stock ops."""
 
 import math
 from typing import Optional
@@ -287,13 +287,10 @@ class CuckooHashTable(tf.Module):
   def _push_free(self, rows):
     n = tf.size(rows, out_type=tf.int64)
     top = self.num_free.read_value()
-    scatter(self.free_stack, 
-        tf.range(top, top + n)[:, None], rows)
+    scatter(self.free_stack, tf.range(top, top + n), rows)
     self.num_free.assign_add(n)
-    scatter(self.row_live, 
-        tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
-    scatter(self.row_dirty, 
-        tf.cast(rows, tf.int64)[:, None], tf.zeros_like(rows))
+    scatter(self.row_live, tf.cast(rows, tf.int64), tf.zeros_like(rows))
+    scatter(self.row_dirty, tf.cast(rows, tf.int64), tf.zeros_like(rows))
 
   def _record_removed(self, keys):
     n = tf.size(keys, out_type=tf.int64)
@@ -301,8 +298,7 @@ class CuckooHashTable(tf.Module):
     fits = start + n <= self._capacity
 
     def append():
-      scatter(self.removed_keys, 
-          tf.range(start, start + n)[:, None], keys)
+      scatter(self.removed_keys, tf.range(start, start + n), keys)
       self.num_removed.assign_add(n)
       return tf.constant(0)
 
@@ -360,7 +356,7 @@ class CuckooHashTable(tf.Module):
           empty)
       slot = tf.argmax(tf.cast(nth_empty, tf.int32), axis=1,
                        output_type=tf.int64)
-      fill_pos = tf.boolean_mask(bucket * s + slot, fill)[:, None]
+      fill_pos = tf.boolean_mask(bucket * s + slot, fill)
       scatter(self.slot_keys, fill_pos, tf.boolean_mask(keys, fill))
       scatter(self.slot_rows, fill_pos, tf.boolean_mask(rows, fill))
 
@@ -403,7 +399,7 @@ class CuckooHashTable(tf.Module):
           tf.gather(victim_keys, victim_slot, batch_dims=1), kick)
       displaced_rows = tf.boolean_mask(
           tf.gather(victim_rows, victim_slot, batch_dims=1), kick)
-      kick_pos = tf.boolean_mask(kick_pos, kick)[:, None]
+      kick_pos = tf.boolean_mask(kick_pos, kick)
       with tf.control_dependencies([displaced_keys, displaced_rows]):
         scatter(self.slot_keys, kick_pos,
                                          tf.boolean_mask(stuck_keys, kick))
@@ -442,7 +438,7 @@ class CuckooHashTable(tf.Module):
     n = tf.minimum(tf.size(keys, out_type=tf.int64), self.num_free)
     fitted = keys[:n]
     rows = self._pop_free(n)
-    rows64 = tf.cast(rows, tf.int64)[:, None]
+    rows64 = tf.cast(rows, tf.int64)
     scatter(self.row_keys, rows64, fitted)
     scatter(self.row_live, rows64, tf.ones_like(rows))
     scatter(self.row_last_seen, rows64, tf.fill(tf.shape(fitted), now))
@@ -485,8 +481,7 @@ class CuckooHashTable(tf.Module):
       def roll_back():
         placed = tf.logical_not(isin(rows, left_rows))
         _, positions = self._probe(tf.boolean_mask(fitted, placed))
-        scatter(self.slot_rows, 
-            positions[:, None], tf.fill(tf.shape(positions), -1))
+        scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
         with tf.control_dependencies([positions]):
           self._push_free(tf.boolean_mask(rows, placed))
         return tf.constant(0)
@@ -547,8 +542,7 @@ class CuckooHashTable(tf.Module):
     placed_keys = tf.boolean_mask(keys, placed)
     placed_rows = tf.boolean_mask(rows, placed)
     _, positions = self._probe(placed_keys)
-    scatter(self.slot_rows, 
-        positions[:, None], tf.fill(tf.shape(positions), -1))
+    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
     with tf.control_dependencies([positions]):
       old_keys, old_rows = self._place(
           tf.boolean_mask(left_keys, tf.logical_not(left_new)),
@@ -664,8 +658,7 @@ class CuckooHashTable(tf.Module):
     rows, positions = self._probe(unique_keys)
     found = rows >= 0
     positions = tf.boolean_mask(positions, found)
-    scatter(self.slot_rows, 
-        positions[:, None], tf.fill(tf.shape(positions), -1))
+    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
     self._push_free(tf.boolean_mask(rows, found))
     self._record_removed(tf.boolean_mask(unique_keys, found))
     return tf.gather(found, index)
@@ -704,10 +697,10 @@ class CuckooHashTable(tf.Module):
 
   def touch_rows(self, rows, now, count=None):
     """Marks `rows` seen at `now` (and dirty); adds `count` occurrences."""
-    rows64 = tf.cast(rows, tf.int64)[:, None]
+    rows64 = tf.cast(rows, tf.int64)
     now = self._now(now)
     scatter(self.row_last_seen, rows64, tf.fill(tf.shape(rows), now), "max")
-    scatter(self.row_dirty, rows64, tf.ones_like(rows64[:, 0], tf.int32))
+    scatter(self.row_dirty, rows64, tf.ones_like(rows64, tf.int32))
     if count is not None:
       scatter(self.row_count, rows64, tf.cast(count, tf.int64), "add")
 
