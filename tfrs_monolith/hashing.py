@@ -16,7 +16,8 @@
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["mix64", "reduce_range", "to_keys", "fingerprint_strings"]
+__all__ = ["mix64", "reduce_range", "shift_right_logical", "to_keys",
+           "fingerprint_strings"]
 
 
 def _signed(value: int) -> int:
@@ -29,7 +30,7 @@ _M2 = _signed(0x94D049BB133111EB)
 _LOW32 = 0xFFFFFFFF
 
 
-def _shift_right_logical(x: tf.Tensor, n: int) -> tf.Tensor:
+def shift_right_logical(x: tf.Tensor, n: int) -> tf.Tensor:
   """`x >>> n` for int64 (TensorFlow's right shift is arithmetic)."""
   return tf.bitwise.bitwise_and(
       tf.bitwise.right_shift(x, tf.constant(n, tf.int64)),
@@ -52,9 +53,9 @@ def mix64(x: tf.Tensor, seed: int = 0) -> tf.Tensor:
   """
   x = tf.bitwise.bitwise_xor(x, tf.constant(_signed(seed & (2**64 - 1)),
                                             tf.int64))
-  x = tf.bitwise.bitwise_xor(x, _shift_right_logical(x, 30)) * _M1
-  x = tf.bitwise.bitwise_xor(x, _shift_right_logical(x, 27)) * _M2
-  return tf.bitwise.bitwise_xor(x, _shift_right_logical(x, 31))
+  x = tf.bitwise.bitwise_xor(x, shift_right_logical(x, 30)) * _M1
+  x = tf.bitwise.bitwise_xor(x, shift_right_logical(x, 27)) * _M2
+  return tf.bitwise.bitwise_xor(x, shift_right_logical(x, 31))
 
 
 def reduce_range(h: tf.Tensor, n: int, high: bool = False) -> tf.Tensor:
@@ -68,7 +69,7 @@ def reduce_range(h: tf.Tensor, n: int, high: bool = False) -> tf.Tensor:
   Returns:
     int64 tensor with values in `[0, n)`.
   """
-  bits = _shift_right_logical(h, 32) if high else tf.bitwise.bitwise_and(
+  bits = shift_right_logical(h, 32) if high else tf.bitwise.bitwise_and(
       h, tf.constant(_LOW32, tf.int64))
   return tf.bitwise.right_shift(bits * tf.constant(n, tf.int64),
                                 tf.constant(32, tf.int64))

@@ -236,18 +236,22 @@ class CuckooHashTable(tf.Module):
             tf.range(self._slots, dtype=tf.int64))
 
   def _match(self, keys):
-    """Both candidate buckets of each key: their rows and a match mask."""
+    """Both candidate buckets of each key: their rows and a key match mask.
+
+    A removed key may linger in `slot_keys`, but its slot's row is -1.
+    """
     b1, b2 = self._buckets(keys)
-    positions = self._slot_positions(tf.stack([b1, b2], axis=1))  # [n, 2, s]
+    buckets = tf.cast(tf.stack([b1, b2], axis=1), tf.int32)      # [n, 2]
+    positions = (buckets[..., None] * self._slots +
+                 tf.range(self._slots, dtype=tf.int32))       # [n, 2, s]
     slot_keys = tf.gather(self.slot_keys, positions)
     slot_rows = tf.gather(self.slot_rows, positions)
-    match = tf.logical_and(
-        tf.equal(slot_keys, keys[:, None, None]), slot_rows >= 0)
-    return b1, b2, slot_rows, match                           # [n, 2, s]
+    return b1, b2, slot_rows, tf.equal(slot_keys, keys[:, None, None])
 
   def _probe(self, keys):
     """Rows and index positions of int64 `keys` ([n]); -1 where absent."""
     b1, b2, slot_rows, match = self._match(keys)
+    match = tf.logical_and(match, slot_rows >= 0)
     rows = tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
     which = tf.argmax(tf.cast(tf.reshape(match, [-1, 2 * self._slots]),
                               tf.int32), axis=1, output_type=tf.int64)
@@ -258,6 +262,7 @@ class CuckooHashTable(tf.Module):
   def lookup_flat(self, keys: tf.Tensor) -> tf.Tensor:
     """Rows of a 1-D int64 key tensor (graph building block); -1 if absent."""
     _, _, slot_rows, match = self._match(keys)
+    # Lingering removed keys match with row -1, which the max ignores.
     return tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
 
   def lookup(self, keys) -> tf.Tensor:
@@ -434,7 +439,12 @@ class CuckooHashTable(tf.Module):
     return keys, rows
 
   def _insert_new(self, keys, now, counts):
-    """Gives rows to new, unique keys that fit; returns keys left out."""
+    """Gives rows to new, unique keys that fit.
+
+    Returns:
+      `(unsettled, rows)`: whether some keys could not simply be placed (so
+      keys may have moved or gone), and the rows given to `keys[:len(rows)]`.
+    """
     n = tf.minimum(tf.size(keys, out_type=tf.int64), self.num_free)
     fitted = keys[:n]
     rows = self._pop_free(n)
@@ -446,10 +456,13 @@ class CuckooHashTable(tf.Module):
     scatter(self.row_dirty, rows64, tf.ones_like(rows))
     left_keys, left_rows = self._place(fitted, rows, True)
     self.rejected.assign_add(tf.size(keys, out_type=tf.int64) - n)
-    return tf.cond(
-        tf.size(left_keys) > 0,
+    unsettled = tf.size(left_keys) > 0
+    settled = tf.cond(
+        unsettled,
         lambda: self._settle_leftovers(fitted, rows, left_keys, left_rows, n),
         lambda: tf.constant(0))
+    with tf.control_dependencies([settled]):
+      return tf.identity(unsettled), rows
 
   def _settle_leftovers(self, fitted, rows, left_keys, left_rows, n):
     """Handles keys `_place` could not place; returns how many old keys
@@ -597,12 +610,19 @@ class CuckooHashTable(tf.Module):
                 lambda: tf.constant(0))
 
       def insert_and_look_up():
-        displaced = self._insert_new(new_keys, now,
-                                     tf.boolean_mask(counts, absent))
-        # Eviction and displacement can move or drop keys of this batch:
-        # look everything up again so the returned rows are exact.
-        with tf.control_dependencies([displaced]):
-          return self.lookup_flat(unique_keys)
+        unsettled, new_rows = self._insert_new(
+            new_keys, now, tf.boolean_mask(counts, absent))
+        simple = tf.logical_and(
+            tf.logical_not(unsettled),
+            tf.logical_and(shortfall <= 0,
+                           tf.size(new_rows, out_type=tf.int64) == num_new))
+        # Evictions, displacement or a partial insert can move or drop keys
+        # of this batch: then look everything up again.
+        return tf.cond(
+            simple,
+            lambda: tf.tensor_scatter_nd_update(rows, tf.where(absent),
+                                                new_rows),
+            lambda: self.lookup_flat(unique_keys))
 
       rows = tf.cond(num_new > 0, insert_and_look_up, lambda: rows)
       if self._full_policy == "error":
