@@ -259,6 +259,17 @@ class CuckooHashTable(tf.Module):
     positions = tf.where(rows >= 0, base + which % self._slots, -1)
     return rows, positions
 
+  def _unindex(self, keys):
+    """Empties the index slots of `keys`; their rows stay allocated.
+
+    Returns:
+      The rows the keys had (int32, -1 for keys that were absent).
+    """
+    rows, positions = self._probe(keys)
+    positions = tf.boolean_mask(positions, rows >= 0)
+    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
+    return rows
+
   def lookup_flat(self, keys: tf.Tensor) -> tf.Tensor:
     """Rows of a 1-D int64 key tensor (graph building block); -1 if absent."""
     _, _, slot_rows, match = self._match(keys)
@@ -406,10 +417,8 @@ class CuckooHashTable(tf.Module):
           tf.gather(victim_rows, victim_slot, batch_dims=1), kick)
       kick_pos = tf.boolean_mask(kick_pos, kick)
       with tf.control_dependencies([displaced_keys, displaced_rows]):
-        scatter(self.slot_keys, kick_pos,
-                                         tf.boolean_mask(stuck_keys, kick))
-        scatter(self.slot_rows, kick_pos,
-                                         tf.boolean_mask(stuck_rows, kick))
+        scatter(self.slot_keys, kick_pos, tf.boolean_mask(stuck_keys, kick))
+        scatter(self.slot_rows, kick_pos, tf.boolean_mask(stuck_rows, kick))
       not_kicked = tf.logical_not(kick)
       keys = tf.concat([
           tf.boolean_mask(keys, waiting),
@@ -493,10 +502,8 @@ class CuckooHashTable(tf.Module):
       # All or nothing: take this insert's keys out again, then fail.
       def roll_back():
         placed = tf.logical_not(isin(rows, left_rows))
-        _, positions = self._probe(tf.boolean_mask(fitted, placed))
-        scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
-        with tf.control_dependencies([positions]):
-          self._push_free(tf.boolean_mask(rows, placed))
+        self._unindex(tf.boolean_mask(fitted, placed))
+        self._push_free(tf.boolean_mask(rows, placed))
         return tf.constant(0)
 
       done = tf.cond(unplaced > 0, roll_back, lambda: tf.constant(0))
@@ -518,8 +525,8 @@ class CuckooHashTable(tf.Module):
     def body(i, _):
       key = keys[i]
       b1, b2 = self._buckets(key[None])
-      positions = tf.concat([b1 * s + tf.range(s, dtype=tf.int64),
-                             b2 * s + tf.range(s, dtype=tf.int64)], 0)
+      positions = tf.reshape(self._slot_positions(tf.concat([b1, b2], 0)),
+                             [2 * s])
       occupants = tf.gather(self.slot_rows, positions)
       seen = tf.where(occupants < 0, tf.int64.min,
                       tf.gather(self.row_last_seen,
@@ -554,9 +561,8 @@ class CuckooHashTable(tf.Module):
     placed = tf.logical_not(isin(rows, left_rows))
     placed_keys = tf.boolean_mask(keys, placed)
     placed_rows = tf.boolean_mask(rows, placed)
-    _, positions = self._probe(placed_keys)
-    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
-    with tf.control_dependencies([positions]):
+    unindexed = self._unindex(placed_keys)
+    with tf.control_dependencies([unindexed]):
       old_keys, old_rows = self._place(
           tf.boolean_mask(left_keys, tf.logical_not(left_new)),
           tf.boolean_mask(left_rows, tf.logical_not(left_new)), True)
@@ -675,10 +681,8 @@ class CuckooHashTable(tf.Module):
   def remove_flat(self, keys: tf.Tensor) -> tf.Tensor:
     """`remove` for 1-D int64 keys (graph building block)."""
     unique_keys, index = tf.unique(keys)
-    rows, positions = self._probe(unique_keys)
+    rows = self._unindex(unique_keys)
     found = rows >= 0
-    positions = tf.boolean_mask(positions, found)
-    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
     self._push_free(tf.boolean_mask(rows, found))
     self._record_removed(tf.boolean_mask(unique_keys, found))
     return tf.gather(found, index)
