@@ -373,25 +373,47 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
             lambda: self._reset_rows(new_keys, tf.boolean_mask(rows, is_new)),
             lambda: tf.constant(0))
 
+  def _admit_all(self, keys):
+    """Admits, inserts and touches 1-D int64 `keys`; rows per key (int32)."""
+    rows, index = self._admit(keys)
+    return tf.gather(rows, index)
+
+  def _touch_known(self, keys, rows):
+    """Steady state (every key has a row): only marks the rows seen."""
+    now = self._now()
+    self.clock.assign(tf.maximum(self.clock, now))
+    self._table.touch_rows(rows, now, tf.ones_like(keys))
+    return tf.identity(rows)
+
+  def _admit_rows(self, keys):
+    """Rows of 1-D int64 `keys` after admission and insertion (-1: none)."""
+    rows = self._table.lookup_flat(keys)
+    return tf.cond(tf.reduce_any(rows < 0),
+                   lambda: self._admit_all(keys),
+                   lambda: self._touch_known(keys, rows))
+
   @tf.function(reduce_retracing=True, autograph=False)
   def _admit_graph(self, keys, num_optimizer_rows):
     # `num_optimizer_rows` retraces once the optimizer has created its state.
     del num_optimizer_rows
-    return self._admit(keys)
+    return self._admit_rows(keys)
 
   def _learn(self, keys):
-    """Training lookup of 1-D int64 `keys`: admit, insert, touch, read."""
+    """Training lookup of 1-D int64 `keys`: admit, insert, touch, read.
+
+    Once every id of a batch has a row (the steady state), this is one probe,
+    the last-seen/dirty scatters and a gather: the gradient is an
+    `IndexedSlices` over the batch's rows, as for `tf.keras.layers.Embedding`.
+    """
     if tf.executing_eagerly():   # Run the table updates as one graph.
-      rows, index = self._admit_graph(keys, len(self._optimizer_rows()))
+      rows = self._admit_graph(keys, len(self._optimizer_rows()))
     else:
-      rows, index = self._admit(keys)
+      rows = self._admit_rows(keys)
     found = rows >= 0
-    # Gather only the distinct rows that exist, so the gradient is an
-    # IndexedSlices over exactly those rows.
-    vectors = tf.scatter_nd(
-        tf.where(found), tf.gather(self.embeddings, tf.boolean_mask(
-            rows, found)), [tf.size(rows), self.output_dim])
-    return tf.gather(vectors, index)
+    # Ids without a row read the never-trained spare row, masked to zeros:
+    # its gradient is zero, which leaves it and its optimizer state as is.
+    vectors = tf.gather(self.embeddings, tf.where(found, rows, self.capacity))
+    return tf.where(found[:, None], vectors, tf.zeros_like(vectors))
 
   def _embed(self, keys, training):
     flat = tf.reshape(keys, [-1])

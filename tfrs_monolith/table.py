@@ -149,13 +149,16 @@ class CuckooHashTable(tf.Module):
     self._full_policy = full_policy
     self._max_rounds = max_rounds
 
-    index_size = num_buckets * slots_per_bucket
     with tf.init_scope():
-      self.slot_keys = tf.Variable(
-          tf.zeros([index_size], tf.int64), trainable=False, name="slot_keys")
-      self.slot_rows = tf.Variable(
-          tf.fill([index_size], tf.constant(-1, tf.int32)), trainable=False,
-          name="slot_rows")
+      # One bucket per row: its slots' keys, then their rows (-1: empty).
+      # A probe reads a bucket as one contiguous slice (64 bytes with 4
+      # slots: one cache line) instead of 2 * slots scattered scalars.
+      self.buckets = tf.Variable(
+          tf.concat([
+              tf.zeros([num_buckets, slots_per_bucket], tf.int64),
+              tf.fill([num_buckets, slots_per_bucket],
+                      tf.constant(-1, tf.int64))
+          ], 1), trainable=False, name="buckets")
       self.row_keys = tf.Variable(
           tf.zeros([capacity], tf.int64), trainable=False, name="row_keys")
       self.row_live = tf.Variable(
@@ -230,34 +233,40 @@ class CuckooHashTable(tf.Module):
 
   # -------------------------------------------------------------------- lookup
 
-  def _slot_positions(self, buckets):
-    """Flat index positions of all slots of `buckets`: shape + [s]."""
-    return (buckets[..., None] * self._slots +
-            tf.range(self._slots, dtype=tf.int64))
+  def _write_buckets(self, buckets, contents):
+    """Overwrites whole buckets (int64 ids, each at most once) with
+    `contents` ([k, 2 * slots]); returns the op."""
+    return tf.raw_ops.ResourceScatterUpdate(
+        resource=self.buckets.handle, indices=buckets, updates=contents)
+
+  def _with_slot(self, contents, slot, key, row):
+    """`contents` ([k, 2 * slots]) with slot `slot` ([k]) set to (key, row)."""
+    s = self._slots
+    at = tf.equal(tf.range(s, dtype=tf.int64)[None, :],
+                  tf.cast(slot, tf.int64)[:, None])
+    return tf.concat([
+        tf.where(at, key[:, None], contents[:, :s]),
+        tf.where(at, tf.cast(row, tf.int64)[:, None], contents[:, s:])
+    ], 1)
 
   def _match(self, keys):
     """Both candidate buckets of each key: their rows and a key match mask.
 
-    A removed key may linger in `slot_keys`, but its slot's row is -1.
+    A removed key may linger in a bucket, but its slot's row is -1.
     """
     b1, b2 = self._buckets(keys)
-    buckets = tf.cast(tf.stack([b1, b2], axis=1), tf.int32)      # [n, 2]
-    positions = (buckets[..., None] * self._slots +
-                 tf.range(self._slots, dtype=tf.int32))       # [n, 2, s]
-    slot_keys = tf.gather(self.slot_keys, positions)
-    slot_rows = tf.gather(self.slot_rows, positions)
+    contents = tf.gather(self.buckets, tf.stack([b1, b2], axis=1))
+    slot_keys, slot_rows = tf.split(contents, 2, axis=2)    # [n, 2, s] each
     return b1, b2, slot_rows, tf.equal(slot_keys, keys[:, None, None])
 
   def _probe(self, keys):
-    """Rows and index positions of int64 `keys` ([n]); -1 where absent."""
+    """Rows of int64 `keys` ([n]) and the buckets holding them (-1: absent)."""
     b1, b2, slot_rows, match = self._match(keys)
     match = tf.logical_and(match, slot_rows >= 0)
     rows = tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
-    which = tf.argmax(tf.cast(tf.reshape(match, [-1, 2 * self._slots]),
-                              tf.int32), axis=1, output_type=tf.int64)
-    base = tf.where(which < self._slots, b1, b2) * self._slots
-    positions = tf.where(rows >= 0, base + which % self._slots, -1)
-    return rows, positions
+    in_first = tf.reduce_any(match[:, 0], axis=1)
+    buckets = tf.where(rows >= 0, tf.where(in_first, b1, b2), -1)
+    return tf.cast(rows, tf.int32), buckets
 
   def _unindex(self, keys):
     """Empties the index slots of `keys`; their rows stay allocated.
@@ -265,16 +274,25 @@ class CuckooHashTable(tf.Module):
     Returns:
       The rows the keys had (int32, -1 for keys that were absent).
     """
-    rows, positions = self._probe(keys)
-    positions = tf.boolean_mask(positions, rows >= 0)
-    scatter(self.slot_rows, positions, tf.fill(tf.shape(positions), -1))
+    rows, buckets = self._probe(keys)
+    found = rows >= 0
+    targets = tf.unique(tf.boolean_mask(buckets, found))[0]
+    contents = tf.gather(self.buckets, targets)
+    s = self._slots
+    hit = tf.reshape(
+        isin(tf.reshape(contents[:, :s], [-1]), tf.boolean_mask(keys, found)),
+        [-1, s])
+    self._write_buckets(targets, tf.concat(
+        [contents[:, :s], tf.where(hit, tf.constant(-1, tf.int64),
+                                   contents[:, s:])], 1))
     return rows
 
   def lookup_flat(self, keys: tf.Tensor) -> tf.Tensor:
     """Rows of a 1-D int64 key tensor (graph building block); -1 if absent."""
     _, _, slot_rows, match = self._match(keys)
     # Lingering removed keys match with row -1, which the max ignores.
-    return tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2])
+    return tf.cast(tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2]),
+                   tf.int32)
 
   def lookup(self, keys) -> tf.Tensor:
     """Rows of `keys` (int64 or string, any shape); -1 where absent.
@@ -351,30 +369,29 @@ class CuckooHashTable(tf.Module):
     s = self._slots
     nb = self._num_buckets
     slot_index = tf.range(s, dtype=tf.int64)
-    kick_slots = tf.where(kick, s, 0)
-    max_rounds = tf.where(kick, self._max_rounds, 4)
+    # At most one key enters (or kicks in) a bucket per round, so that every
+    # round rewrites each bucket it changes exactly once.
+    may_kick = kick
+    max_rounds = tf.where(kick, self._max_rounds, 4 * s)
 
     def body(rnd, keys, rows, avoid):
       b1, b2 = self._buckets(keys)
-      occ1 = tf.gather(self.slot_rows, self._slot_positions(b1)) >= 0
-      occ2 = tf.gather(self.slot_rows, self._slot_positions(b2)) >= 0
-      free1 = s - tf.reduce_sum(tf.cast(occ1, tf.int32), axis=1)
-      free2 = s - tf.reduce_sum(tf.cast(occ2, tf.int32), axis=1)
+      pair = tf.gather(self.buckets, tf.stack([b1, b2], axis=1))  # [n, 2, 2s]
+      free_pair = s - tf.reduce_sum(tf.cast(pair[:, :, s:] >= 0, tf.int32),
+                                    axis=2)
+      free1, free2 = free_pair[:, 0], free_pair[:, 1]
       use1 = free1 >= free2
       bucket = tf.where(use1, b1, b2)
       free = tf.where(use1, free1, free2)
-      empty = tf.logical_not(tf.where(use1[:, None], occ1, occ2))
+      contents = tf.where(use1[:, None], pair[:, 0], pair[:, 1])   # [n, 2s]
       rank = self._rank_in_group(bucket)
-      fill = rank < free
-      # The rank-th empty slot of the chosen bucket.
-      nth_empty = tf.logical_and(
-          tf.cumsum(tf.cast(empty, tf.int32), axis=1) == rank[:, None] + 1,
-          empty)
-      slot = tf.argmax(tf.cast(nth_empty, tf.int32), axis=1,
-                       output_type=tf.int64)
-      fill_pos = tf.boolean_mask(bucket * s + slot, fill)
-      scatter(self.slot_keys, fill_pos, tf.boolean_mask(keys, fill))
-      scatter(self.slot_rows, fill_pos, tf.boolean_mask(rows, fill))
+      fill = tf.logical_and(rank == 0, free > 0)
+      first_empty = tf.argmax(tf.cast(contents[:, s:] < 0, tf.int32), axis=1,
+                              output_type=tf.int64)
+      fill_buckets = tf.boolean_mask(bucket, fill)
+      fill_contents = self._with_slot(
+          tf.boolean_mask(contents, fill), tf.boolean_mask(first_empty, fill),
+          tf.boolean_mask(keys, fill), tf.boolean_mask(rows, fill))
 
       # Keys whose two buckets were both full kick a victim out: a key that
       # was itself just displaced goes to its other bucket (a random walk,
@@ -383,42 +400,42 @@ class CuckooHashTable(tf.Module):
       waiting = tf.logical_and(tf.logical_not(fill), tf.logical_not(stuck))
       coin = tf.bitwise.bitwise_and(
           hashing.mix64(keys + tf.cast(rnd, tf.int64), 77), 1) == 0
-      kick_bucket = tf.where(avoid == b1, b2,
-                             tf.where(avoid == b2, b1,
-                                      tf.where(coin, b1, b2)))
-      kick_bucket = tf.boolean_mask(kick_bucket, stuck)
+      kick_first = tf.where(avoid == b1, False,
+                            tf.where(avoid == b2, True, coin))
+      kick_bucket = tf.boolean_mask(tf.where(kick_first, b1, b2), stuck)
+      kick_contents = tf.boolean_mask(
+          tf.where(kick_first[:, None], pair[:, 0], pair[:, 1]), stuck)
       stuck_keys = tf.boolean_mask(keys, stuck)
       stuck_rows = tf.boolean_mask(rows, stuck)
       stuck_avoid = tf.boolean_mask(avoid, stuck)
-      kick_rank = self._rank_in_group(kick_bucket)
-      kick = kick_rank < kick_slots
+      kick = tf.logical_and(self._rank_in_group(kick_bucket) == 0, may_kick)
 
-      victim_positions = self._slot_positions(kick_bucket)     # [k, s]
-      victim_keys = tf.gather(self.slot_keys, victim_positions)
-      victim_rows = tf.gather(self.slot_rows, victim_positions)
+      victim_keys = kick_contents[:, :s]                           # [k, s]
       v1, v2 = self._buckets(victim_keys)
       other = v1 + v2 - kick_bucket[:, None]
       other_free = s - tf.reduce_sum(
-          tf.cast(tf.gather(self.slot_rows, self._slot_positions(other)) >= 0,
-                  tf.int32), axis=2)
+          tf.cast(tf.gather(self.buckets, other)[:, :, s:] >= 0, tf.int32),
+          axis=2)
       # Victims whose other bucket has room first, then a random rotation.
       turn = hashing.reduce_range(
           hashing.mix64(kick_bucket + tf.cast(rnd, tf.int64) * nb, 78), s)
       score = tf.where(other_free > 0, 0, s) + tf.cast(
           (slot_index[None, :] + turn[:, None]) % s, tf.int32)
-      order = tf.argsort(score, axis=1, stable=True)
-      victim_slot = tf.gather(
-          order, tf.minimum(kick_rank, s - 1)[:, None], batch_dims=1)[:, 0]
-      kick_pos = tf.cast(kick_bucket, tf.int64) * s + tf.cast(
-          victim_slot, tf.int64)
+      victim_slot = tf.argmin(score, axis=1, output_type=tf.int64)
       displaced_keys = tf.boolean_mask(
           tf.gather(victim_keys, victim_slot, batch_dims=1), kick)
-      displaced_rows = tf.boolean_mask(
-          tf.gather(victim_rows, victim_slot, batch_dims=1), kick)
-      kick_pos = tf.boolean_mask(kick_pos, kick)
-      with tf.control_dependencies([displaced_keys, displaced_rows]):
-        scatter(self.slot_keys, kick_pos, tf.boolean_mask(stuck_keys, kick))
-        scatter(self.slot_rows, kick_pos, tf.boolean_mask(stuck_rows, kick))
+      displaced_rows = tf.boolean_mask(tf.cast(
+          tf.gather(kick_contents[:, s:], victim_slot, batch_dims=1),
+          tf.int32), kick)
+      kicked_contents = self._with_slot(
+          tf.boolean_mask(kick_contents, kick),
+          tf.boolean_mask(victim_slot, kick),
+          tf.boolean_mask(stuck_keys, kick), tf.boolean_mask(stuck_rows, kick))
+      # Fill buckets had room and kick buckets were full: no bucket is in
+      # both, so one scatter writes every changed bucket once.
+      self._write_buckets(
+          tf.concat([fill_buckets, tf.boolean_mask(kick_bucket, kick)], 0),
+          tf.concat([fill_contents, kicked_contents], 0))
       not_kicked = tf.logical_not(kick)
       keys = tf.concat([
           tf.boolean_mask(keys, waiting),
@@ -525,14 +542,14 @@ class CuckooHashTable(tf.Module):
     def body(i, _):
       key = keys[i]
       b1, b2 = self._buckets(key[None])
-      positions = tf.reshape(self._slot_positions(tf.concat([b1, b2], 0)),
-                             [2 * s])
-      occupants = tf.gather(self.slot_rows, positions)
+      pair = tf.concat([b1, b2], 0)
+      contents = tf.gather(self.buckets, pair)                    # [2, 2s]
+      occupants = tf.reshape(contents[:, s:], [2 * s])
       seen = tf.where(occupants < 0, tf.int64.min,
                       tf.gather(self.row_last_seen,
                                 tf.maximum(occupants, 0)))
       best = tf.argmin(seen, output_type=tf.int32)
-      victim = occupants[best]
+      victim = tf.cast(occupants[best], tf.int32)
 
       def evict():
         self._record_removed(tf.gather(self.row_keys, victim)[None])
@@ -541,11 +558,13 @@ class CuckooHashTable(tf.Module):
 
       done = tf.cond(victim >= 0, evict, lambda: tf.constant(0))
       with tf.control_dependencies([done]):
-        position = positions[best][None, None]
-        scatter(self.slot_keys, position, key[None])
-        scatter(self.slot_rows, position, rows[i][None])
-      with tf.control_dependencies([position]):
-        return i + 1, done
+        which = best // s
+        written = self._write_buckets(
+            pair[which][None],
+            self._with_slot(contents[which][None], (best % s)[None],
+                            key[None], rows[i][None]))
+      with tf.control_dependencies([written]):
+        return i + 1, tf.identity(done)
 
     tf.while_loop(lambda i, _: i < tf.size(keys), body,
                   [tf.constant(0), tf.constant(0)])

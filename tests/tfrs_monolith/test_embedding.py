@@ -97,9 +97,33 @@ class TestAdmission:
     (grad,) = tape.gradient(loss, [layer.embeddings])
     assert isinstance(grad, tf.IndexedSlices)
     row = layer.table.lookup([1]).numpy()[0]
-    np.testing.assert_array_equal(grad.indices.numpy(), [row])
-    # Key 1 appears twice: its row's gradient is summed once per occurrence.
-    np.testing.assert_allclose(grad.values.numpy(), np.full([1, 4], 2.0))
+    # Unadmitted ids read the spare row (index `capacity`), masked: their
+    # gradient there is zero. Key 1's row gets one gradient per occurrence.
+    indices, values = grad.indices.numpy(), grad.values.numpy()
+    assert set(indices.tolist()) <= {row, layer.capacity}
+    np.testing.assert_array_equal(values[indices == layer.capacity], 0.0)
+    np.testing.assert_allclose(values[indices == row].sum(axis=0),
+                               np.full([4], 2.0))
+
+  @pytest.mark.parametrize("optimizer", ["adagrad", "adam", "ftrl"])
+  def test_unadmitted_ids_change_no_row_or_optimizer_state(self, optimizer):
+    layer = tm.CollisionlessEmbedding(4, capacity=16, min_count=3)
+    opt = tf.keras.optimizers.get(optimizer)
+    layer.build(None)
+    layer.bind_optimizer(opt)
+    opt.build([layer.embeddings])
+    before = [v.numpy().copy() for v in [layer.embeddings] +
+              layer._optimizer_rows()]
+    for _ in range(2):  # Twice seen: still not admitted.
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.constant([5, 6], tf.int64),
+                                   training=True) + 1.0)
+      opt.apply_gradients(zip(tape.gradient(loss, [layer.embeddings]),
+                              [layer.embeddings]))
+    after = [v.numpy() for v in [layer.embeddings] + layer._optimizer_rows()]
+    assert layer.table.size().numpy() == 0
+    for old, new in zip(before, after):
+      np.testing.assert_array_equal(new, old)
 
 
 class TestExpiryAndReuse:
@@ -348,7 +372,7 @@ class TestSerialization:
     tf.train.Checkpoint(layer=copy).restore(path).assert_consumed()
     ids = [1, 2, 3, 5, 9]
     np.testing.assert_array_equal(_vectors(copy, ids), _vectors(layer, ids))
-    for name in ("slot_keys", "slot_rows", "row_keys", "row_last_seen",
+    for name in ("buckets", "row_keys", "row_last_seen",
                  "row_count", "row_dirty", "free_stack", "num_free"):
       np.testing.assert_array_equal(getattr(copy.table, name).numpy(),
                                     getattr(layer.table, name).numpy())
