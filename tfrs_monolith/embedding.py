@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import attr_value_pb2
 
 from tfrs_monolith import admission
 from tfrs_monolith import hashing
@@ -35,6 +36,25 @@ _INIT_SEED = 0x1A17_0000_0000_0001
 # Standard normal CDF at -2 and 2: bounds of a 2-sigma truncated normal.
 _PHI_MINUS_2 = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
 _PHI_PLUS_2 = 1.0 - _PHI_MINUS_2
+
+
+def _cond_as_call(pred, true_fn, false_fn):
+  """`tf.cond` that runs only the taken branch, as a function call.
+
+  In a graph, `tf.cond` is normally lowered to switch/merge ops and both
+  branches are inlined: every op of the branch not taken still passes a
+  dead tensor on, each step. For a branch of hundreds of ops (the insert
+  path) that costs more than the taken branch, so the `If` op is kept.
+  """
+  out = tf.cond(pred, true_fn, false_fn)
+  if tf.executing_eagerly():
+    return out
+  op = out.op
+  while op.type not in ("If", "StatelessIf"):
+    op = op.inputs[0].op
+  op._set_attr("_lower_using_switch_merge",  # pylint: disable=protected-access
+               attr_value_pb2.AttrValue(b=False))
+  return out
 
 
 @contextlib.contextmanager
@@ -107,8 +127,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     and the evicted ids as a `tm.EmbeddingPatch`; `apply_patch()` on a
     replica makes its rows equal.
 
-  Gradients reach the table as `tf.IndexedSlices` of the distinct rows in
-  the batch. Time is event time: the clock is the newest time given to
+  Gradients reach the table as `tf.IndexedSlices` over the batch's rows,
+  as for `tf.keras.layers.Embedding`. Time is event time: the clock is the newest time given to
   `advance_clock` (the online trainer passes example timestamps), or wall
   time until then.
 
@@ -151,6 +171,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       `max(4096, capacity)`. Unused when `min_count == 1`.
     admission_depth: Rows (hash functions) of the admission sketch.
     seed: Seed of the per-id initial values.
+    jit_compile: Probe the table in an XLA-compiled function (`jit_compile`)
+      in training calls, which is faster on CPU and GPU. Inference calls
+      never use XLA, so exported serving graphs run on a stock
+      `tensorflow_model_server`. Set False where XLA is not available.
     **kwargs: Base `Layer` arguments (`name`, `dtype`, `trainable`).
 
   Input shape:
@@ -171,6 +195,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                admission_width: Optional[int] = None,
                admission_depth: int = 4,
                seed: int = 0,
+               jit_compile: bool = True,
                **kwargs):
     super().__init__(**kwargs)
     self.output_dim = _check_int("output_dim", output_dim, 1)
@@ -197,6 +222,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     self.admission_width = admission_width
     self.admission_depth = _check_int("admission_depth", admission_depth, 1)
     self.seed = _check_int("seed", seed, 0)
+    if not isinstance(jit_compile, bool):
+      raise TypeError("`jit_compile` must be a bool. Received: "
+                      f"jit_compile={jit_compile!r}")
+    self.jit_compile = jit_compile
     self._optimizer_ref = None
     self._table = None
     self._sketch = None
@@ -385,10 +414,25 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     self._table.touch_rows(rows, now, tf.ones_like(keys))
     return tf.identity(rows)
 
+  def _training_probe(self, keys):
+    """`lookup_flat` of 1-D int64 `keys`, XLA-compiled if `jit_compile`."""
+    if not self.jit_compile:
+      return self._table.lookup_flat(keys)
+    n = tf.size(keys)
+    if keys.shape[0] is None:
+      # Pad to a power of two: XLA compiles once per size, not per batch.
+      log2 = tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2)
+      padded = tf.bitwise.left_shift(
+          1, tf.cast(tf.math.ceil(log2 - 1e-9), tf.int32))
+      keys = tf.pad(keys, [[0, padded - n]])
+    probe = tf.function(self._table.lookup_flat, jit_compile=True,
+                        autograph=False)
+    return probe(keys)[:n]
+
   def _admit_rows(self, keys):
     """Rows of 1-D int64 `keys` after admission and insertion (-1: none)."""
-    rows = self._table.lookup_flat(keys)
-    return tf.cond(tf.reduce_any(rows < 0),
+    rows = self._training_probe(keys)
+    return _cond_as_call(tf.reduce_any(rows < 0),
                    lambda: self._admit_all(keys),
                    lambda: self._touch_known(keys, rows))
 
@@ -582,6 +626,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         "admission_width": self.admission_width,
         "admission_depth": self.admission_depth,
         "seed": self.seed,
+        "jit_compile": self.jit_compile,
     }
     base_config = super().get_config()
     return {**base_config, **config}

@@ -126,6 +126,38 @@ class TestAdmission:
       np.testing.assert_array_equal(new, old)
 
 
+class TestJitCompile:
+
+  def test_same_training_with_and_without_xla(self):
+    rng = np.random.default_rng(3)
+    batches = [rng.integers(0, 50, size) for size in (16, 16, 7, 33, 16)]
+    layers, optimizers = [], []
+    for jit_compile in (True, False):
+      layer = tm.CollisionlessEmbedding(4, capacity=32, jit_compile=jit_compile)
+      optimizer = tf.keras.optimizers.Adagrad(0.3)
+      layer.bind_optimizer(optimizer)
+
+      @tf.function
+      def step(ids, layer=layer, optimizer=optimizer):
+        with tf.GradientTape() as tape:
+          loss = tf.reduce_sum(tf.square(layer(ids, training=True) - 1.0))
+        grads = tape.gradient(loss, layer.trainable_variables)
+        optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+
+      for ids in batches:  # Sizes vary: the XLA probe pads them.
+        step(tf.constant(ids, tf.int64))
+      layers.append(layer)
+    ids = np.arange(50)
+    np.testing.assert_array_equal(layers[0].table.lookup(ids).numpy(),
+                                  layers[1].table.lookup(ids).numpy())
+    np.testing.assert_allclose(_vectors(layers[0], ids),
+                               _vectors(layers[1], ids), rtol=1e-6)
+
+  def test_must_be_bool(self):
+    with pytest.raises(TypeError, match="jit_compile='yes'"):
+      tm.CollisionlessEmbedding(4, capacity=8, jit_compile="yes")
+
+
 class TestExpiryAndReuse:
 
   def test_expire_evicts_idle_keys(self):

@@ -107,6 +107,43 @@ def _op_types(saved_model_dir):
   return ops
 
 
+def _functions_of_signature(saved_model_dir, signature):
+  """Names of the library functions a signature's outputs can run."""
+  proto = saved_model_pb2.SavedModel()
+  with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
+    proto.ParseFromString(f.read())
+  graph = proto.meta_graphs[0].graph_def
+  library = {function.signature.name: function
+             for function in graph.library.function}
+  nodes = {node.name: node for node in graph.node}
+
+  def called(attrs):
+    for value in attrs.values():
+      if value.func.name:
+        yield value.func.name
+      yield from (func.name for func in value.list.func)
+
+  pending = [tensor.name.split(":")[0].lstrip("^") for tensor in
+             proto.meta_graphs[0].signature_def[signature].outputs.values()]
+  seen_nodes, functions = set(), set()
+  while pending:
+    name = pending.pop()
+    if name in seen_nodes:
+      continue
+    seen_nodes.add(name)
+    node = nodes[name]
+    pending.extend(i.split(":")[0].lstrip("^") for i in node.input)
+    functions.update(called(node.attr))
+  todo = list(functions)
+  while todo:
+    for node in library[todo.pop()].node_def:
+      for name in called(node.attr):
+        if name not in functions:
+          functions.add(name)
+          todo.append(name)
+  return {name: library[name] for name in functions}
+
+
 def test_exported_graph_uses_only_core_ops(tmp_path):
   layer = tm.CollisionlessEmbedding(4, capacity=64, min_count=2,
                                     ttl_seconds=10)
@@ -145,6 +182,15 @@ def test_exported_graph_uses_only_core_ops(tmp_path):
   forbidden = sorted(op for op in ops if op.startswith("Xla") or
                      op in ("PyFunc", "PyFuncStateless", "EagerPyFunc"))
   assert not forbidden, f"ops a stock model server cannot run: {forbidden}"
+  # Training probes under XLA (`jit_compile=True`); serving never does.
+  for signature in ("serving_default", "apply_patch"):
+    functions = _functions_of_signature(path, signature)
+    assert functions
+    xla = sorted(name for name, function in functions.items()
+                 if function.attr["_XlaMustCompile"].b)
+    assert not xla, f"{signature} runs XLA-compiled functions: {xla}"
+  assert any(function.attr["_XlaMustCompile"].b for function in
+             _functions_of_signature(path, "learn").values())
   # The exported graph serves and applies patches after loading.
   loaded = tf.saved_model.load(path)
   patch = loaded.signatures["apply_patch"](
