@@ -159,6 +159,9 @@ class CuckooHashTable(tf.Module):
               tf.fill([num_buckets, slots_per_bucket],
                       tf.constant(-1, tf.int64))
           ], 1), trainable=False, name="buckets")
+      # Scratch space of inserts: one claim per bucket and round.
+      self.claims = tf.Variable(
+          tf.zeros([num_buckets], tf.int32), trainable=False, name="claims")
       self.row_keys = tf.Variable(
           tf.zeros([capacity], tf.int64), trainable=False, name="row_keys")
       self.row_live = tf.Variable(
@@ -344,15 +347,6 @@ class CuckooHashTable(tf.Module):
 
   # ------------------------------------------------------------------- insert
 
-  def _rank_in_group(self, groups):
-    """0-based rank of each element among equal `groups` values."""
-    order = tf.argsort(groups, stable=True)
-    ordered = tf.gather(groups, order)
-    first = tf.searchsorted(ordered, ordered, side="left",
-                            out_type=tf.int32)
-    rank_sorted = tf.range(tf.size(groups)) - first
-    return tf.gather(rank_sorted, tf.math.invert_permutation(order))
-
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32),
       tf.TensorSpec([], tf.bool)], autograph=False)
@@ -369,8 +363,6 @@ class CuckooHashTable(tf.Module):
     s = self._slots
     nb = self._num_buckets
     slot_index = tf.range(s, dtype=tf.int64)
-    # At most one key enters (or kicks in) a bucket per round, so that every
-    # round rewrites each bucket it changes exactly once.
     may_kick = kick
     max_rounds = tf.where(kick, self._max_rounds, 4 * s)
 
@@ -379,76 +371,90 @@ class CuckooHashTable(tf.Module):
       pair = tf.gather(self.buckets, tf.stack([b1, b2], axis=1))  # [n, 2, 2s]
       free_pair = s - tf.reduce_sum(tf.cast(pair[:, :, s:] >= 0, tf.int32),
                                     axis=2)
-      free1, free2 = free_pair[:, 0], free_pair[:, 1]
-      use1 = free1 >= free2
-      bucket = tf.where(use1, b1, b2)
-      free = tf.where(use1, free1, free2)
-      contents = tf.where(use1[:, None], pair[:, 0], pair[:, 1])   # [n, 2s]
-      rank = self._rank_in_group(bucket)
-      fill = tf.logical_and(rank == 0, free > 0)
-      first_empty = tf.argmax(tf.cast(contents[:, s:] < 0, tf.int32), axis=1,
-                              output_type=tf.int64)
-      fill_buckets = tf.boolean_mask(bucket, fill)
-      fill_contents = self._with_slot(
-          tf.boolean_mask(contents, fill), tf.boolean_mask(first_empty, fill),
-          tf.boolean_mask(keys, fill), tf.boolean_mask(rows, fill))
+      use1 = free_pair[:, 0] >= free_pair[:, 1]
+      stuck = tf.reduce_all(free_pair == 0, axis=1)
+      movable = tf.logical_not(stuck)
 
-      # Keys whose two buckets were both full kick a victim out: a key that
+      # A key with room goes to the emptier of its buckets.
+      bucket = tf.boolean_mask(tf.where(use1, b1, b2), movable)
+      contents = tf.boolean_mask(
+          tf.where(use1[:, None], pair[:, 0], pair[:, 1]), movable)
+      movable_keys = tf.boolean_mask(keys, movable)
+      movable_rows = tf.boolean_mask(rows, movable)
+      movable_avoid = tf.boolean_mask(avoid, movable)
+
+      # A key whose two buckets are both full kicks a victim out: a key that
       # was itself just displaced goes to its other bucket (a random walk,
       # never straight back); a new key picks one of its two at random.
-      stuck = tf.logical_and(free1 == 0, free2 == 0)
-      waiting = tf.logical_and(tf.logical_not(fill), tf.logical_not(stuck))
-      coin = tf.bitwise.bitwise_and(
-          hashing.mix64(keys + tf.cast(rnd, tf.int64), 77), 1) == 0
-      kick_first = tf.where(avoid == b1, False,
-                            tf.where(avoid == b2, True, coin))
-      kick_bucket = tf.boolean_mask(tf.where(kick_first, b1, b2), stuck)
-      kick_contents = tf.boolean_mask(
-          tf.where(kick_first[:, None], pair[:, 0], pair[:, 1]), stuck)
       stuck_keys = tf.boolean_mask(keys, stuck)
       stuck_rows = tf.boolean_mask(rows, stuck)
       stuck_avoid = tf.boolean_mask(avoid, stuck)
-      kick = tf.logical_and(self._rank_in_group(kick_bucket) == 0, may_kick)
+      sb1 = tf.boolean_mask(b1, stuck)
+      sb2 = tf.boolean_mask(b2, stuck)
+      coin = tf.bitwise.bitwise_and(
+          hashing.mix64(stuck_keys + tf.cast(rnd, tf.int64), 77), 1) == 0
+      kick_first = tf.where(stuck_avoid == sb1, False,
+                            tf.where(stuck_avoid == sb2, True, coin))
+      kick_bucket = tf.where(kick_first, sb1, sb2)
+      kick_contents = tf.where(kick_first[:, None],
+                               tf.boolean_mask(pair[:, 0], stuck),
+                               tf.boolean_mask(pair[:, 1], stuck))
 
-      victim_keys = kick_contents[:, :s]                           # [k, s]
+      # One key per bucket per round enters or kicks, so that each changed
+      # bucket is rewritten once: each claims its bucket in a scratch
+      # array, and the claim that stays wins. Buckets with room and full
+      # buckets are distinct, so fills and kicks claim apart.
+      claimed = tf.concat([bucket, kick_bucket], 0)
+      claims = tf.range(tf.size(claimed))
+      self.claims.scatter_update(tf.IndexedSlices(claims, claimed))
+      won = tf.equal(tf.gather(self.claims, claimed), claims)
+      fill, kick = tf.split(won, [tf.size(bucket), tf.size(kick_bucket)])
+      kick = tf.logical_and(kick, may_kick)
+
+      first_empty = tf.argmax(tf.cast(contents[:, s:] < 0, tf.int32), axis=1,
+                              output_type=tf.int64)
+      fill_contents = self._with_slot(
+          tf.boolean_mask(contents, fill), tf.boolean_mask(first_empty, fill),
+          tf.boolean_mask(movable_keys, fill),
+          tf.boolean_mask(movable_rows, fill))
+
+      victim_keys = tf.boolean_mask(kick_contents[:, :s], kick)    # [k, s]
+      victim_rows = tf.boolean_mask(kick_contents[:, s:], kick)
+      kicked = tf.boolean_mask(kick_bucket, kick)
       v1, v2 = self._buckets(victim_keys)
-      other = v1 + v2 - kick_bucket[:, None]
+      other = v1 + v2 - kicked[:, None]
       other_free = s - tf.reduce_sum(
           tf.cast(tf.gather(self.buckets, other)[:, :, s:] >= 0, tf.int32),
           axis=2)
       # Victims whose other bucket has room first, then a random rotation.
       turn = hashing.reduce_range(
-          hashing.mix64(kick_bucket + tf.cast(rnd, tf.int64) * nb, 78), s)
+          hashing.mix64(kicked + tf.cast(rnd, tf.int64) * nb, 78), s)
       score = tf.where(other_free > 0, 0, s) + tf.cast(
           (slot_index[None, :] + turn[:, None]) % s, tf.int32)
       victim_slot = tf.argmin(score, axis=1, output_type=tf.int64)
-      displaced_keys = tf.boolean_mask(
-          tf.gather(victim_keys, victim_slot, batch_dims=1), kick)
-      displaced_rows = tf.boolean_mask(tf.cast(
-          tf.gather(kick_contents[:, s:], victim_slot, batch_dims=1),
-          tf.int32), kick)
+      displaced_keys = tf.gather(victim_keys, victim_slot, batch_dims=1)
+      displaced_rows = tf.cast(
+          tf.gather(victim_rows, victim_slot, batch_dims=1), tf.int32)
       kicked_contents = self._with_slot(
-          tf.boolean_mask(kick_contents, kick),
-          tf.boolean_mask(victim_slot, kick),
+          tf.boolean_mask(kick_contents, kick), victim_slot,
           tf.boolean_mask(stuck_keys, kick), tf.boolean_mask(stuck_rows, kick))
-      # Fill buckets had room and kick buckets were full: no bucket is in
-      # both, so one scatter writes every changed bucket once.
       self._write_buckets(
-          tf.concat([fill_buckets, tf.boolean_mask(kick_bucket, kick)], 0),
+          tf.concat([tf.boolean_mask(bucket, fill), kicked], 0),
           tf.concat([fill_contents, kicked_contents], 0))
+
+      waiting = tf.logical_not(fill)
       not_kicked = tf.logical_not(kick)
       keys = tf.concat([
-          tf.boolean_mask(keys, waiting),
+          tf.boolean_mask(movable_keys, waiting),
           tf.boolean_mask(stuck_keys, not_kicked), displaced_keys
       ], 0)
       rows = tf.concat([
-          tf.boolean_mask(rows, waiting),
+          tf.boolean_mask(movable_rows, waiting),
           tf.boolean_mask(stuck_rows, not_kicked), displaced_rows
       ], 0)
       avoid = tf.concat([
-          tf.boolean_mask(avoid, waiting),
-          tf.boolean_mask(stuck_avoid, not_kicked),
-          tf.boolean_mask(kick_bucket, kick)
+          tf.boolean_mask(movable_avoid, waiting),
+          tf.boolean_mask(stuck_avoid, not_kicked), kicked
       ], 0)
       return rnd + 1, keys, rows, avoid
 
