@@ -6,7 +6,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import tfrs_monolith as tm
-from tensorflow.core.protobuf import saved_model_pb2
+import saved_model_checks
 
 
 def _interactions(n=3000, seed=0):
@@ -95,55 +95,6 @@ def test_ranking_model_learns_and_reloads(tmp_path):
   assert np.isfinite(loaded.predict(unknown, verbose=0)).all()
 
 
-def _op_types(saved_model_dir):
-  proto = saved_model_pb2.SavedModel()
-  with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
-    proto.ParseFromString(f.read())
-  ops = set()
-  for meta_graph in proto.meta_graphs:
-    ops.update(node.op for node in meta_graph.graph_def.node)
-    for function in meta_graph.graph_def.library.function:
-      ops.update(node.op for node in function.node_def)
-  return ops
-
-
-def _functions_of_signature(saved_model_dir, signature):
-  """Names of the library functions a signature's outputs can run."""
-  proto = saved_model_pb2.SavedModel()
-  with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
-    proto.ParseFromString(f.read())
-  graph = proto.meta_graphs[0].graph_def
-  library = {function.signature.name: function
-             for function in graph.library.function}
-  nodes = {node.name: node for node in graph.node}
-
-  def called(attrs):
-    for value in attrs.values():
-      if value.func.name:
-        yield value.func.name
-      yield from (func.name for func in value.list.func)
-
-  pending = [tensor.name.split(":")[0].lstrip("^") for tensor in
-             proto.meta_graphs[0].signature_def[signature].outputs.values()]
-  seen_nodes, functions = set(), set()
-  while pending:
-    name = pending.pop()
-    if name in seen_nodes:
-      continue
-    seen_nodes.add(name)
-    node = nodes[name]
-    pending.extend(i.split(":")[0].lstrip("^") for i in node.input)
-    functions.update(called(node.attr))
-  todo = list(functions)
-  while todo:
-    for node in library[todo.pop()].node_def:
-      for name in called(node.attr):
-        if name not in functions:
-          functions.add(name)
-          todo.append(name)
-  return {name: library[name] for name in functions}
-
-
 def test_exported_graph_uses_only_core_ops(tmp_path):
   layer = tm.CollisionlessEmbedding(4, capacity=64, min_count=2,
                                     ttl_seconds=10)
@@ -175,7 +126,7 @@ def test_exported_graph_uses_only_core_ops(tmp_path):
   tf.saved_model.save(module, path, signatures={
       "serving_default": module.serve, "learn": module.learn,
       "apply_patch": module.apply_patch})
-  ops = _op_types(path)
+  ops = saved_model_checks.op_types(path)
   assert {"ResourceGather", "While", "ResourceScatterUpdate"} <= ops
   not_core = sorted(op for op in ops if not hasattr(tf.raw_ops, op))
   assert not not_core, f"ops outside core TensorFlow: {not_core}"
@@ -184,13 +135,13 @@ def test_exported_graph_uses_only_core_ops(tmp_path):
   assert not forbidden, f"ops a stock model server cannot run: {forbidden}"
   # Training probes under XLA (`jit_compile=True`); serving never does.
   for signature in ("serving_default", "apply_patch"):
-    functions = _functions_of_signature(path, signature)
+    functions = saved_model_checks.functions_of_signature(path, signature)
     assert functions
     xla = sorted(name for name, function in functions.items()
                  if function.attr["_XlaMustCompile"].b)
     assert not xla, f"{signature} runs XLA-compiled functions: {xla}"
   assert any(function.attr["_XlaMustCompile"].b for function in
-             _functions_of_signature(path, "learn").values())
+             saved_model_checks.functions_of_signature(path, "learn").values())
   # The exported graph serves and applies patches after loading.
   loaded = tf.saved_model.load(path)
   patch = loaded.signatures["apply_patch"](

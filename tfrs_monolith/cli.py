@@ -1,0 +1,148 @@
+# Copyright 2026 The tfrs-monolith Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The `tfrs-monolith` command line.
+
+Usage:
+
+  tfrs-monolith train-online --transport kafka://127.0.0.1:9092 \\
+      --model my_models.py:make_model --checkpoint-dir /var/lib/trainer \\
+      [--sparse-interval 60] [--dense-interval 3600] [--export-dir base/]
+
+`--model` names a function (`module:function` or `path/to/file.py:function`)
+that returns a compiled Keras model with `tm.CollisionlessEmbedding` tables.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Callable, List, Optional
+
+__all__ = ["main", "load_factory"]
+
+
+def load_factory(spec: str) -> Callable:
+  """The function named by `module:function` or `file.py:function`."""
+  module_name, sep, attr = spec.rpartition(":")
+  if not sep or not module_name or not attr:
+    raise ValueError("--model must look like module:function or "
+                     f"path/to/file.py:function. Received: {spec!r}")
+  if module_name.endswith(".py"):
+    path = os.path.abspath(module_name)
+    if not os.path.exists(path):
+      raise ValueError(f"--model file not found: {path}")
+    name = "_tfrs_monolith_model_" + os.path.splitext(
+        os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+  else:
+    module = importlib.import_module(module_name)
+  try:
+    return getattr(module, attr)
+  except AttributeError:
+    raise ValueError(f"--model: {module_name} has no {attr!r}") from None
+
+
+def _positive(kind):
+  def parse(text):
+    value = kind(text)
+    if value <= 0:
+      raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+  return parse
+
+
+def _train_online_args(parser):
+  parser.add_argument("--transport", required=True,
+                      help="kafka://host:port or file:///path")
+  parser.add_argument("--model", required=True,
+                      help="module:function returning a compiled model")
+  parser.add_argument("--checkpoint-dir", required=True)
+  parser.add_argument("--model-name", default="model")
+  parser.add_argument("--examples-topic", default="examples")
+  parser.add_argument("--patches-topic", default="patches")
+  parser.add_argument("--dead-letter-topic", default="dead-letters")
+  parser.add_argument("--group-id", default="online-trainer")
+  parser.add_argument("--batch-size", type=_positive(int), default=256)
+  parser.add_argument("--sparse-interval", type=_positive(float), default=60.0,
+                      help="seconds between patches")
+  parser.add_argument("--dense-interval", type=_positive(float),
+                      default=3600.0,
+                      help="seconds between SavedModel exports")
+  parser.add_argument("--export-dir", default=None,
+                      help="TF Serving base path for exported versions")
+  parser.add_argument("--summary-dir", default=None,
+                      help="TensorBoard log directory")
+  parser.add_argument("--log-interval", type=_positive(float), default=10.0)
+  parser.add_argument("--max-examples", type=_positive(int), default=None)
+  parser.add_argument("--idle-timeout", type=_positive(float), default=None,
+                      help="stop after this many seconds without examples")
+
+
+def _train_online(args):
+  # pylint: disable=g-import-not-at-top
+  import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import export
+  from tfrs_monolith import online
+  from tfrs_monolith import streams
+  model = load_factory(args.model)()
+  transport = streams.open_transport(args.transport)
+  topics = streams.Topics(examples=args.examples_topic,
+                          patches=args.patches_topic,
+                          dead_letters=args.dead_letter_topic)
+  trainer = online.OnlineTrainer(
+      model, transport, checkpoint_dir=args.checkpoint_dir,
+      model_name=args.model_name, topics=topics, group_id=args.group_id,
+      batch_size=args.batch_size, sparse_interval=args.sparse_interval,
+      dense_interval=args.dense_interval, export_dir=args.export_dir,
+      export_fn=(lambda m, path, watermark: export.export_saved_model(
+          m, path, watermark)) if args.export_dir else None,
+      log_interval=args.log_interval, summary_dir=args.summary_dir)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: trainer.stop())
+  with trainer:
+    if trainer.restored_from:
+      logging.info("resumed from %s", trainer.restored_from)
+    stats = trainer.run(max_examples=args.max_examples,
+                        idle_timeout=args.idle_timeout)
+    summary = trainer.metrics()
+  summary["checkpoints"] = stats.checkpoints
+  summary["exports"] = stats.exports
+  print(json.dumps(summary, sort_keys=True, default=float))
+  return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="tfrs-monolith",
+                                   description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  _train_online_args(commands.add_parser(
+      "train-online", help="train on the examples stream, publish patches"))
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  if args.command == "train-online":
+    return _train_online(args)
+  parser.error(f"unknown command {args.command}")
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

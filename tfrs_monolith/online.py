@@ -1,0 +1,445 @@
+# Copyright 2026 The tfrs-monolith Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The online trainer: learns from the `examples` stream, publishes patches.
+
+`OnlineTrainer` reads serialized `tf.train.Example`s from a topic in
+mini-batches, trains a TFRS model with `tm.CollisionlessEmbedding` tables
+one step per batch, moves the tables' clocks with the examples' event time
+and expires idle ids. Every `sparse_interval` seconds it publishes one
+`tm.EmbeddingPatch` per table (rows touched since the previous patch, plus
+evicted ids) to the `patches` topic, then checkpoints model, tables and
+input offsets together and commits the offsets. Every `dense_interval`
+seconds it exports a full SavedModel version for TF Serving.
+
+Crash safety: the checkpoint is the truth. A trainer killed at any point
+restarts from its last checkpoint and re-reads every example after it, so
+no example is lost. Patches published after that checkpoint are published
+again, with new sequence numbers (the last published sequence of each table
+is kept on disk), so a replica that applies patches in order ends equal to
+the trainer: applying a patch is an idempotent upsert.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_monolith import embedding
+from tfrs_monolith import models
+from tfrs_monolith import patch as patch_lib
+from tfrs_monolith import streams
+
+__all__ = ["OnlineTrainer", "DEFAULT_FEATURE_SPEC", "TrainerStats"]
+
+_LOG = logging.getLogger("tfrs_monolith.online")
+
+# The `examples` schema written by the joiner (one example per impression).
+DEFAULT_FEATURE_SPEC = {
+    "user_id": tf.io.FixedLenFeature([], tf.string),
+    "item_id": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.float32),
+    "event_time": tf.io.FixedLenFeature([], tf.int64),
+    "sample_rate": tf.io.FixedLenFeature([], tf.float32, default_value=1.0),
+}
+
+
+@dataclasses.dataclass
+class TrainerStats:
+  """Counters of one trainer process (since it started)."""
+  examples: int = 0
+  batches: int = 0
+  dead_letters: int = 0
+  patches: int = 0
+  patch_bytes: int = 0
+  patch_rows: int = 0
+  checkpoints: int = 0
+  exports: int = 0
+  last_loss: float = float("nan")
+  started_at: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def _offset_name(tp):
+  return f"{tp[0]}/{tp[1]}"
+
+
+class OnlineTrainer:
+  """Trains a model on a stream of examples and publishes sparse patches.
+
+  Example:
+
+  ```python
+  transport = tm.streams.open_transport("kafka://127.0.0.1:9092")
+  trainer = tm.online.OnlineTrainer(model, transport,
+                                    checkpoint_dir="/tmp/trainer",
+                                    sparse_interval=60)
+  trainer.run()          # until stopped (SIGTERM / `trainer.stop()`)
+  ```
+
+  Args:
+    model: a compiled Keras model (typically a `tm.Model`) whose
+      `train_step` takes the parsed feature dict, with one or more
+      `tm.CollisionlessEmbedding` tables.
+    transport: a `tm.streams.Transport`.
+    checkpoint_dir: where checkpoints (model, tables, optimizer, input
+      offsets) and the last published patch sequences live.
+    model_name: recorded in patches (and the export directory name).
+    topics: topic names (`tm.streams.Topics`).
+    group_id: consumer group whose offsets the trainer commits.
+    feature_spec: `tf.io.parse_example` spec of the examples; default
+      `DEFAULT_FEATURE_SPEC`.
+    time_feature: int64 feature holding the event time (seconds); None to
+      use wall time.
+    batch_size: examples per training step (at most).
+    poll_timeout: seconds to wait for a full batch before training on what
+      arrived.
+    sparse_interval: seconds between patches.
+    dense_interval: seconds between full SavedModel exports (needs
+      `export_dir` and `export_fn`).
+    export_dir: TF Serving base path for exported versions.
+    export_fn: `export_fn(model, path, watermark)` writes one version.
+    max_chunk_bytes: patch chunk size (one Kafka message each).
+    log_interval: seconds between progress logs and TensorBoard summaries.
+    summary_dir: TensorBoard log directory (None: no summaries).
+    max_to_keep: checkpoints kept.
+  """
+
+  def __init__(self,
+               model: tf.keras.Model,
+               transport: streams.Transport,
+               checkpoint_dir: str,
+               model_name: str = "model",
+               topics: streams.Topics = streams.Topics(),
+               group_id: str = "online-trainer",
+               feature_spec: Optional[Mapping] = None,
+               time_feature: Optional[str] = "event_time",
+               batch_size: int = 256,
+               poll_timeout: float = 0.5,
+               sparse_interval: float = 60.0,
+               dense_interval: float = 3600.0,
+               export_dir: Optional[str] = None,
+               export_fn: Optional[Callable] = None,
+               max_chunk_bytes: int = patch_lib.DEFAULT_CHUNK_BYTES,
+               log_interval: float = 10.0,
+               summary_dir: Optional[str] = None,
+               max_to_keep: int = 3):
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError("`batch_size` must be a positive integer. Received: "
+                       f"batch_size={batch_size!r}")
+    for name, value in (("sparse_interval", sparse_interval),
+                        ("dense_interval", dense_interval),
+                        ("poll_timeout", poll_timeout),
+                        ("log_interval", log_interval)):
+      if isinstance(value, bool) or not isinstance(
+          value, (int, float)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive number of seconds. "
+                         f"Received: {name}={value!r}")
+    if getattr(model, "optimizer", None) is None:
+      raise ValueError("`model` must be compiled (model.compile(optimizer=...)) "
+                       "before it is given to OnlineTrainer")
+    self.model = model
+    self.transport = transport
+    self.model_name = model_name
+    self.topics = topics
+    self.group_id = group_id
+    self.feature_spec = dict(feature_spec or DEFAULT_FEATURE_SPEC)
+    if time_feature is not None and time_feature not in self.feature_spec:
+      raise ValueError(f"`time_feature` {time_feature!r} is not in "
+                       f"`feature_spec` ({sorted(self.feature_spec)})")
+    self.time_feature = time_feature
+    self.batch_size = batch_size
+    self.poll_timeout = float(poll_timeout)
+    self.sparse_interval = float(sparse_interval)
+    self.dense_interval = float(dense_interval)
+    self.export_dir = export_dir
+    self.export_fn = export_fn
+    self.max_chunk_bytes = max_chunk_bytes
+    self.log_interval = float(log_interval)
+    self.stats = TrainerStats()
+    self._stop = threading.Event()
+
+    self.tables = models.find_tables(model)
+    for table in self.tables:
+      table.build(None)     # Table state exists before any restore.
+    if not self.tables:
+      raise ValueError("`model` has no tm.CollisionlessEmbedding table")
+    names = [t.name for t in self.tables]
+    if len(set(names)) != len(names):
+      raise ValueError(f"table names must be unique to address patches: "
+                       f"{names}")
+    self._required = [
+        name for name, spec in self.feature_spec.items()
+        if isinstance(spec, tf.io.FixedLenFeature) and
+        spec.default_value is None
+    ]
+
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    self.checkpoint_dir = checkpoint_dir
+    self._offsets = tf.Variable("{}", dtype=tf.string, trainable=False,
+                                name="input_offsets")
+    self._checkpoint = tf.train.Checkpoint(model=model,
+                                           optimizer=model.optimizer,
+                                           input_offsets=self._offsets)
+    self._manager = tf.train.CheckpointManager(self._checkpoint,
+                                               checkpoint_dir,
+                                               max_to_keep=max_to_keep)
+    self._published_path = os.path.join(checkpoint_dir, "published.json")
+
+    transport.create_topics([topics.examples, topics.patches,
+                             topics.dead_letters])
+    self._producer = transport.producer()
+    self._dead = streams.DeadLetterQueue(self._producer, topics.dead_letters)
+    self._consumer = transport.consumer([topics.examples], group_id)
+    self.restored_from = self._restore()
+    self._step = tf.function(self._train_step, reduce_retracing=True)
+    self._writer = (tf.summary.create_file_writer(summary_dir)
+                    if summary_dir else None)
+    self._last_log = (time.monotonic(), 0)
+
+  # -------------------------------------------------------------- state
+
+  def _restore(self) -> Optional[str]:
+    path = self._manager.latest_checkpoint
+    if path is None:
+      return None
+    self._checkpoint.restore(path)
+    offsets = json.loads(self._offsets.numpy().decode("utf-8"))
+    self._consumer.seek({
+        (name.rpartition("/")[0], int(name.rpartition("/")[2])): offset
+        for name, offset in offsets.items()
+    })
+    _LOG.info("restored %s; continuing at %s", path, offsets)
+    return path
+
+  def _published(self) -> Dict[str, int]:
+    if not os.path.exists(self._published_path):
+      return {}
+    with open(self._published_path, encoding="utf-8") as f:
+      return json.load(f)
+
+  def _next_sequences(self):
+    """Never reuse a sequence number published before a crash."""
+    published = self._published()
+    for table in self.tables:
+      last = published.get(table.name, 0)
+      if int(table.patch_sequence.numpy()) < last:
+        table.patch_sequence.assign(last)
+
+  def position(self) -> Dict[str, int]:
+    """Next input offset per `topic/partition` (what has been trained)."""
+    return {_offset_name(tp): o for tp, o in self._consumer.position().items()}
+
+  # ----------------------------------------------------------- training
+
+  def _train_step(self, features):
+    with embedding.learning():
+      return self.model.train_step(features)
+
+  def _parse(self, records: List[streams.Record]):
+    """Parsed feature batch of the good records; bad ones dead-lettered."""
+    good = []
+    for record in records:
+      try:
+        streams.parse_example(record.value, self._required)
+      except streams.MalformedMessage as error:
+        self._dead.send(record, str(error))
+        continue
+      good.append(record)
+    if not good:
+      return None
+    try:
+      return tf.io.parse_example([r.value for r in good], self.feature_spec)
+    except tf.errors.InvalidArgumentError:
+      pass
+    # Some example does not match the spec: find it, keep the others.
+    kept = []
+    for record in good:
+      try:
+        tf.io.parse_example([record.value], self.feature_spec)
+        kept.append(record)
+      except tf.errors.InvalidArgumentError as error:
+        self._dead.send(record, f"bad feature: {error.message}")
+    if not kept:
+      return None
+    return tf.io.parse_example([r.value for r in kept], self.feature_spec)
+
+  def train_batch(self, records: List[streams.Record]) -> Optional[dict]:
+    """Trains one step on `records`; returns the step's metrics."""
+    features = self._parse(records)
+    if features is None:
+      return None
+    if self.time_feature is not None:
+      now = int(np.max(features[self.time_feature].numpy()))
+      for table in self.tables:
+        table.advance_clock(now)
+    logs = self._step(features)
+    n = int(tf.shape(next(iter(features.values())))[0])
+    self.stats.examples += n
+    self.stats.batches += 1
+    if "loss" in logs:
+      self.stats.last_loss = float(logs["loss"])
+    return logs
+
+  # ------------------------------------------------------------ patches
+
+  def publish_patches(self) -> List[patch_lib.EmbeddingPatch]:
+    """Expires idle ids, then publishes one patch per table (flushed)."""
+    watermark = self.position()
+    out = []
+    for table in self.tables:
+      if table.ttl_seconds is not None:
+        table.expire()
+      patch = table.export_patch(self.model_name, watermark)
+      for chunk in patch.to_chunks(self.max_chunk_bytes):
+        self._producer.send(self.topics.patches, chunk,
+                            key=patch.patch_id.encode("utf-8"))
+        self.stats.patch_bytes += len(chunk)
+      self.stats.patches += 1
+      self.stats.patch_rows += len(patch)
+      out.append(patch)
+    self._producer.flush()
+    # Durable before the checkpoint: a restart must not reuse these numbers.
+    streams._write_json_atomic(  # pylint: disable=protected-access
+        self._published_path, {p.table_name: p.sequence for p in out})
+    return out
+
+  def checkpoint(self) -> str:
+    """Saves model, tables and input offsets; commits the offsets."""
+    position = self._consumer.position()
+    self._offsets.assign(json.dumps(
+        {_offset_name(tp): o for tp, o in position.items()}))
+    path = self._manager.save()
+    self._consumer.commit(position)
+    self.stats.checkpoints += 1
+    return path
+
+  def sync(self):
+    """Publishes patches, then checkpoints (one sparse sync)."""
+    self._producer.flush()          # Dead letters of the trained batches.
+    patches = self.publish_patches()
+    self.checkpoint()
+    return patches
+
+  def export(self) -> Optional[str]:
+    """Writes the next SavedModel version under `export_dir`."""
+    if self.export_dir is None or self.export_fn is None:
+      return None
+    version = int(time.time())
+    path = os.path.join(self.export_dir, str(version))
+    while os.path.exists(path):
+      version += 1
+      path = os.path.join(self.export_dir, str(version))
+    watermark = {t.name: int(t.patch_sequence.numpy()) for t in self.tables}
+    self.export_fn(self.model, path, watermark)
+    self.stats.exports += 1
+    return path
+
+  # ---------------------------------------------------------------- loop
+
+  def stop(self):
+    """Asks `run` to finish after the current step (then it syncs)."""
+    self._stop.set()
+
+  def run(self, max_examples: Optional[int] = None,
+          idle_timeout: Optional[float] = None):
+    """Trains until stopped, `max_examples` are trained, or no example
+    arrived for `idle_timeout` seconds; syncs once more before returning.
+
+    Returns:
+      `self.stats`.
+    """
+    self._next_sequences()
+    now = time.monotonic()
+    next_sparse = now + self.sparse_interval
+    next_dense = now + self.dense_interval
+    last_data = now
+    while not self._stop.is_set():
+      want = self.batch_size
+      if max_examples is not None:
+        want = min(want, max_examples - self.stats.examples)
+        if want <= 0:
+          break
+      records = self._consumer.poll(want, self.poll_timeout)
+      now = time.monotonic()
+      if records:
+        last_data = now
+        self.train_batch(records)
+      elif idle_timeout is not None and now - last_data >= idle_timeout:
+        break
+      if now >= next_sparse:
+        self.sync()
+        next_sparse = now + self.sparse_interval
+      if now >= next_dense:
+        self.export()
+        next_dense = now + self.dense_interval
+      if now - self._last_log[0] >= self.log_interval:
+        self._log(now)
+    self.sync()
+    return self.stats
+
+  def metrics(self) -> Dict[str, float]:
+    """Current figures: examples, loss, tables, patches, lag."""
+    out = {
+        "examples": self.stats.examples,
+        "loss": self.stats.last_loss,
+        "dead_letters": self._dead.total,
+        "patches": self.stats.patches,
+        "patch_bytes": self.stats.patch_bytes,
+        "patch_rows": self.stats.patch_rows,
+    }
+    for table in self.tables:
+      out[f"{table.name}/size"] = int(table.table.size())
+      out[f"{table.name}/load_factor"] = float(table.table.load_factor())
+      out[f"{table.name}/rejected"] = int(table.table.rejected.numpy())
+    try:
+      ends = self.transport.end_offsets([self.topics.examples])
+      position = self._consumer.position()
+      out["lag_examples"] = sum(max(0, end - position.get(tp, 0))
+                                for tp, end in ends.items())
+    except Exception:  # pylint: disable=broad-except
+      pass          # Lag is informative only; never stop training for it.
+    return out
+
+  def _log(self, now):
+    then, examples = self._last_log
+    rate = (self.stats.examples - examples) / max(now - then, 1e-9)
+    self._last_log = (now, self.stats.examples)
+    figures = self.metrics()
+    figures["examples_per_s"] = rate
+    _LOG.info("trainer: %s", ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in figures.items()))
+    if self._writer is not None:
+      with self._writer.as_default(step=self.stats.examples):
+        for name, value in figures.items():
+          tf.summary.scalar(name, float(value))
+      self._writer.flush()
+
+  def close(self):
+    """Releases the consumer and producer."""
+    try:
+      self._producer.close()
+    finally:
+      self._consumer.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
