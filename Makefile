@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench data clean
+.PHONY: test demo bench data clean kafka-fetch
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 data: $(STAMP)
 	$(PY) -c "import sys; sys.path.insert(0, 'examples'); import movielens; movielens.fetch_movielens()"
 
-test: $(STAMP) data
+test: $(STAMP) data kafka-fetch
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -31,3 +31,19 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# A real Apache Kafka broker (KRaft, 127.0.0.1 only) for tests and local runs:
+# the jars come from Maven Central into .cache/kafka/lib (needs java and mvn).
+KAFKA_PORT ?= 9092
+KAFKA_DIR ?= runs/kafka
+
+.PHONY: kafka-start kafka-stop
+
+kafka-fetch: $(STAMP)
+	$(PY) scripts/kafka_broker.py fetch
+
+kafka-start: kafka-fetch
+	$(PY) scripts/kafka_broker.py start --data-dir $(KAFKA_DIR) --port $(KAFKA_PORT)
+
+kafka-stop:
+	$(PY) scripts/kafka_broker.py stop --data-dir $(KAFKA_DIR)

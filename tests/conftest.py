@@ -13,3 +13,6 @@ import tfrs_monolith  # pylint: disable=g-import-not-at-top,unused-import
 
 # Shared test helpers (tests/*.py) import by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# A real Kafka broker for the integration tests (started on first use).
+from kafka_fixtures import *  # noqa: F401,F403  pylint: disable=g-import-not-at-top,wildcard-import

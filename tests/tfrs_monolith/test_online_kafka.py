@@ -1,0 +1,157 @@
+"""The online trainer against the project's real Kafka broker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+import online_model
+from tfrs_monolith import online
+from tfrs_monolith import streams
+
+
+def _topics(prefix):
+  return streams.Topics(examples=f"{prefix}examples",
+                        patches=f"{prefix}patches",
+                        dead_letters=f"{prefix}dead")
+
+
+def _produce(transport, topic, values):
+  transport.create_topics([topic])
+  with transport.producer() as producer:
+    for value in values:
+      producer.send(topic, value)
+
+
+def _read_all(transport, topic, group):
+  with transport.consumer([topic], group) as consumer:
+    records, batch = [], consumer.poll(100_000, 2.0)
+    while batch:
+      records += batch
+      batch = consumer.poll(100_000, 1.0)
+  return records
+
+
+def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
+                                  tmp_path):
+  transport = streams.open_transport(
+      f"kafka://{kafka_broker.bootstrap_servers}")
+  topics = _topics(kafka_topic_prefix)
+  values = online_model.examples(1000, seed=11)
+  _produce(transport, topics.examples,
+           values[:500] + [b"\x08poison"] + values[500:])
+  with online.OnlineTrainer(
+      online_model.make_model(), transport, str(tmp_path / "ckpt"),
+      topics=topics, group_id=f"{kafka_topic_prefix}trainer",
+      batch_size=100, sparse_interval=0.5, poll_timeout=0.2) as trainer:
+    stats = trainer.run(idle_timeout=2.0)
+    model = trainer.model
+    assert stats.examples == 1000
+    assert trainer.position() == {f"{topics.examples}/0": 1001}
+  letters = [streams.DeadLetterQueue.decode(r.value) for r in
+             _read_all(transport, topics.dead_letters, "audit")]
+  assert [(l["offset"], l["value"]) for l in letters] == [(500, b"\x08poison")]
+  replicas = online_model.replica_tables()
+  online_model.apply_patch_records(
+      _read_all(transport, topics.patches, "replica"), replicas)
+  assert online_model.assert_replica_equal(model.user, replicas["user"]) == 60
+  online_model.assert_replica_equal(model.item, replicas["item"])
+
+
+def _start_trainer(bootstrap, topics, checkpoint_dir, log_path, idle):
+  factory = os.path.join(os.path.dirname(online_model.__file__),
+                         "online_model.py") + ":make_model"
+  log = open(log_path, "ab")  # pylint: disable=consider-using-with
+  return subprocess.Popen([
+      sys.executable, "-m", "tfrs_monolith.cli", "train-online",
+      "--transport", f"kafka://{bootstrap}", "--model", factory,
+      "--checkpoint-dir", checkpoint_dir, "--model-name", "ranker",
+      "--examples-topic", topics.examples, "--patches-topic", topics.patches,
+      "--dead-letter-topic", topics.dead_letters,
+      "--group-id", f"{topics.examples}-trainer", "--batch-size", "20",
+      "--sparse-interval", "0.3", "--idle-timeout", str(idle),
+      "--log-interval", "1"], stdout=subprocess.PIPE, stderr=log)
+
+
+def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
+                                          tmp_path):
+  transport = streams.open_transport(
+      f"kafka://{kafka_broker.bootstrap_servers}")
+  topics = _topics(kafka_topic_prefix)
+  total = 4000
+  _produce(transport, topics.examples, online_model.examples(total, seed=3))
+  checkpoint_dir = str(tmp_path / "ckpt")
+  log_path = str(tmp_path / "trainer.log")
+  first = _start_trainer(kafka_broker.bootstrap_servers, topics,
+                         checkpoint_dir, log_path, idle=30)
+  index = os.path.join(checkpoint_dir, "checkpoint")
+  deadline = time.monotonic() + 180
+  while not os.path.exists(index) and first.poll() is None:
+    assert time.monotonic() < deadline, open(log_path).read()[-3000:]
+    time.sleep(0.05)
+  time.sleep(0.5)           # Mid-stream: a few more steps and patches.
+  first.send_signal(signal.SIGKILL)
+  first.wait(30)
+  first.stdout.close()
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      checkpoint_dir))
+  offsets = json.loads(reader.get_tensor(
+      "input_offsets/.ATTRIBUTES/VARIABLE_VALUE"))
+  killed_at = offsets[f"{topics.examples}/0"]
+  assert 0 < killed_at < total, "the trainer was not killed mid-stream"
+
+  second = _start_trainer(kafka_broker.bootstrap_servers, topics,
+                          checkpoint_dir, log_path, idle=2)
+  out, _ = second.communicate(timeout=300)
+  assert second.returncode == 0, open(log_path).read()[-3000:]
+  summary = json.loads(out.decode().strip().splitlines()[-1])
+  # Every example after the checkpoint is trained again; none is lost.
+  assert summary["examples"] == total - killed_at
+
+  # The final state, as the trainer checkpointed it.
+  model = online_model.make_model()
+  for table in online.models.find_tables(model):
+    table.build(None)
+  tf.train.Checkpoint(model=model).restore(
+      tf.train.latest_checkpoint(checkpoint_dir)).expect_partial()
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      checkpoint_dir))
+  assert json.loads(reader.get_tensor(
+      "input_offsets/.ATTRIBUTES/VARIABLE_VALUE")) == {
+          f"{topics.examples}/0": total}
+  # A replica that applied every patch, the killed run's included, in
+  # topic order, equals it.
+  replicas = online_model.replica_tables()
+  patches = online_model.apply_patch_records(
+      _read_all(transport, topics.patches, "replica"), replicas)
+  sequences = [p.sequence for p in patches if p.table_name == "user"]
+  assert len(set(sequences)) == len(sequences), "a sequence was reused"
+  assert online_model.assert_replica_equal(model.user, replicas["user"]) == 60
+  online_model.assert_replica_equal(model.item, replicas["item"])
+
+
+def test_broker_restart_during_consumption(kafka_broker_factory, tmp_path):
+  broker = kafka_broker_factory()
+  transport = streams.open_transport(f"kafka://{broker.bootstrap_servers}")
+  topics = _topics("restart-")
+  values = online_model.examples(1200, seed=8)
+  _produce(transport, topics.examples, values[:600])
+  with online.OnlineTrainer(
+      online_model.make_model(), transport, str(tmp_path / "ckpt"),
+      topics=topics, batch_size=100, sparse_interval=0.5,
+      poll_timeout=0.2) as trainer:
+    trainer.run(max_examples=400)
+    broker.restart()
+    _produce(transport, topics.examples, values[600:])
+    stats = trainer.run(idle_timeout=3.0)
+    assert stats.examples == 1200       # Each example exactly once.
+    assert trainer.position() == {f"{topics.examples}/0": 1200}
+    model = trainer.model
+  replicas = online_model.replica_tables()
+  online_model.apply_patch_records(
+      _read_all(transport, topics.patches, "replica"), replicas)
+  online_model.assert_replica_equal(model.user, replicas["user"])
