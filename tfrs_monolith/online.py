@@ -75,6 +75,18 @@ class TrainerStats:
   started_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
+def _any_batch_spec(value):
+  """The type spec of `value` with an unknown batch size."""
+  spec = tf.type_spec_from_value(value)
+  shape = tf.TensorShape([None]).concatenate(spec.shape[1:])
+  if isinstance(value, tf.RaggedTensor):
+    return tf.RaggedTensorSpec(shape, spec.dtype, spec.ragged_rank,
+                               spec.row_splits_dtype)
+  if isinstance(value, tf.SparseTensor):
+    return tf.SparseTensorSpec(shape, spec.dtype)
+  return tf.TensorSpec(shape, spec.dtype)
+
+
 def _offset_name(tp):
   return f"{tp[0]}/{tp[1]}"
 
@@ -207,7 +219,7 @@ class OnlineTrainer:
     self._dead = streams.DeadLetterQueue(self._producer, topics.dead_letters)
     self._consumer = transport.consumer([topics.examples], group_id)
     self.restored_from = self._restore()
-    self._step = tf.function(self._train_step, reduce_retracing=True)
+    self._step = None     # Traced on the first batch, for any batch size.
     self._writer = (tf.summary.create_file_writer(summary_dir)
                     if summary_dir else None)
     self._last_log = (time.monotonic(), 0)
@@ -288,6 +300,9 @@ class OnlineTrainer:
       now = int(np.max(features[self.time_feature].numpy()))
       for table in self.tables:
         table.advance_clock(now)
+    if self._step is None:
+      self._step = tf.function(self._train_step, input_signature=[
+          tf.nest.map_structure(_any_batch_spec, features)])
     logs = self._step(features)
     n = int(tf.shape(next(iter(features.values())))[0])
     self.stats.examples += n
