@@ -255,6 +255,14 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     self.patch_sequence = self.add_weight(
         name="patch_sequence", shape=[], dtype=tf.int64, initializer="zeros",
         trainable=False)
+    # Ids looked up in training, and how many of them had no row (not yet
+    # admitted, or no room): 1 - misses / ids is the admission rate.
+    self.training_ids = self.add_weight(
+        name="training_ids", shape=[], dtype=tf.int64, initializer="zeros",
+        trainable=False)
+    self.training_misses = self.add_weight(
+        name="training_misses", shape=[], dtype=tf.int64,
+        initializer="zeros", trainable=False)
     super().build(input_shape)
 
   @property
@@ -454,6 +462,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     else:
       rows = self._admit_rows(keys)
     found = rows >= 0
+    self.training_ids.assign_add(tf.size(rows, out_type=tf.int64))
+    self.training_misses.assign_add(
+        tf.size(rows, out_type=tf.int64) -
+        tf.math.count_nonzero(found, dtype=tf.int64))
     # Ids without a row read the never-trained spare row, masked to zeros:
     # its gradient is zero, which leaves it and its optimizer state as is.
     vectors = tf.gather(self.embeddings, tf.where(found, rows, self.capacity))

@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from tfrs_monolith import embedding
 from tfrs_monolith import models
@@ -49,6 +50,8 @@ from tfrs_monolith import streams
 __all__ = ["OnlineTrainer", "DEFAULT_FEATURE_SPEC", "TrainerStats"]
 
 _LOG = logging.getLogger("tfrs_monolith.online")
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
 
 # The `examples` schema written by the joiner (one example per impression).
 DEFAULT_FEATURE_SPEC = {
@@ -223,6 +226,7 @@ class OnlineTrainer:
     self._writer = (tf.summary.create_file_writer(summary_dir)
                     if summary_dir else None)
     self._last_log = (time.monotonic(), 0)
+    self._last_admission = self._admission_counts()
 
   # -------------------------------------------------------------- state
 
@@ -408,8 +412,18 @@ class OnlineTrainer:
     self.sync()
     return self.stats
 
+  def _admission_counts(self):
+    return {t.name: (int(t.training_ids.numpy()),
+                     int(t.training_misses.numpy())) for t in self.tables}
+
   def metrics(self) -> Dict[str, float]:
-    """Current figures: examples, loss, tables, patches, lag."""
+    """Current figures: examples, loss, tables, admission, patches, lag.
+
+    `<table>/admission_rate` is the share of ids looked up in training
+    since the previous call that had a row.
+    """
+    self.stats.dead_letters = self._dead.total
+    counts = self._admission_counts()
     out = {
         "examples": self.stats.examples,
         "loss": self.stats.last_loss,
@@ -422,6 +436,11 @@ class OnlineTrainer:
       out[f"{table.name}/size"] = int(table.table.size())
       out[f"{table.name}/load_factor"] = float(table.table.load_factor())
       out[f"{table.name}/rejected"] = int(table.table.rejected.numpy())
+      ids = counts[table.name][0] - self._last_admission[table.name][0]
+      misses = counts[table.name][1] - self._last_admission[table.name][1]
+      out[f"{table.name}/admission_rate"] = (1.0 - misses / ids
+                                             if ids else float("nan"))
+    self._last_admission = counts
     try:
       ends = self.transport.end_offsets([self.topics.examples])
       position = self._consumer.position()
@@ -441,9 +460,12 @@ class OnlineTrainer:
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in figures.items()))
     if self._writer is not None:
+      # tf.summary.write with the scalars plugin's metadata: what
+      # tf.summary.scalar writes, without needing the tensorboard package.
       with self._writer.as_default(step=self.stats.examples):
         for name, value in figures.items():
-          tf.summary.scalar(name, float(value))
+          tf.summary.write(name, tf.constant(float(value), tf.float32),
+                           metadata=_SCALAR_METADATA)
       self._writer.flush()
 
   def close(self):

@@ -184,6 +184,34 @@ def test_cli_trains_and_prints_metrics(tmp_path, capsys):
   assert summary["user/size"] > 0
 
 
+def test_metrics_and_tensorboard_summaries(tmp_path):
+  transport = streams.FileTransport(str(tmp_path / "topics"))
+  transport.create_topics(["examples"])
+  # Batches of two: items a, b, then a, b again. min_count=2 admits each
+  # at its second sighting, so half of the item lookups find no row.
+  items = np.tile(np.arange(100).reshape(50, 1, 2), [1, 2, 1]).ravel()
+  values = [online_model.example(k % 5, item, 1.0, 100 + k)
+            for k, item in enumerate(items)]
+  _produce(transport, values)
+  with _trainer(transport, tmp_path / "ckpt", batch_size=2,
+                summary_dir=str(tmp_path / "tb"), log_interval=0.01) as trainer:
+    trainer.run(idle_timeout=0.5)
+    figures = trainer.metrics()     # Nothing new since the last log.
+  assert figures["examples"] == 200 and figures["item/size"] == 100
+  assert np.isnan(figures["item/admission_rate"])
+  model = trainer.model
+  assert model.item.training_ids.numpy() == 200
+  assert model.item.training_misses.numpy() == 100
+  assert model.user.training_misses.numpy() == 0
+  tags = set()
+  for name in os.listdir(tmp_path / "tb"):
+    for event in tf.compat.v1.train.summary_iterator(
+        str(tmp_path / "tb" / name)):
+      tags.update(v.tag for v in event.summary.value)
+  assert {"loss", "examples_per_s", "item/admission_rate", "user/size",
+          "lag_examples", "patch_bytes"} <= tags
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 0}, "batch_size=0"),
     ({"sparse_interval": -1}, "sparse_interval=-1"),
