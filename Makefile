@@ -24,10 +24,12 @@ test: $(STAMP) data kafka-fetch
 demo: $(STAMP)
 	$(PY) examples/movielens.py
 
-bench: $(STAMP)
+bench: $(STAMP) kafka-fetch
 	$(PY) benchmarks/lookup.py
 	$(PY) benchmarks/insert.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/patch.py
+	$(PY) benchmarks/online.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
