@@ -269,6 +269,11 @@ class OnlineTrainer:
 
   def _parse(self, records: List[streams.Record]):
     """Parsed feature batch of the good records; bad ones dead-lettered."""
+    try:   # The common case: every record is good, one op parses them all.
+      return tf.io.parse_example([r.value for r in records],
+                                 self.feature_spec)
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+      pass   # (The op's error message may quote undecodable bytes.)
     good = []
     for record in records:
       try:
@@ -291,6 +296,8 @@ class OnlineTrainer:
         kept.append(record)
       except tf.errors.InvalidArgumentError as error:
         self._dead.send(record, f"bad feature: {error.message}")
+      except UnicodeDecodeError:
+        self._dead.send(record, "bad feature: does not match the spec")
     if not kept:
       return None
     return tf.io.parse_example([r.value for r in kept], self.feature_spec)

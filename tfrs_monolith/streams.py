@@ -189,6 +189,7 @@ def open_transport(url: str, **config) -> Transport:
 
 _FRAME = struct.Struct("<4sIqiI")    # magic, crc, timestamp_ms, key_len, len
 _FRAME_MAGIC = b"TMLR"
+_READ_BYTES = 1 << 20
 
 
 def _check_topic(topic):
@@ -308,23 +309,37 @@ class _LogReader:
     f = self._open()
     if f is None:
       return out
+    f.seek(self._pos)
+    buffer = memoryview(f.read(_READ_BYTES))
+    at = 0
     while len(out) < limit:
-      f.seek(self._pos)
-      head = f.read(_FRAME.size)
-      if len(head) < _FRAME.size:
-        break
-      magic, crc, ts, key_len, value_len = _FRAME.unpack(head)
+      if len(buffer) - at < _FRAME.size:
+        if at == 0 and len(buffer) == 0:
+          break
+        # Refill from the first unread byte (a record may straddle reads).
+        f.seek(self._pos)
+        buffer = memoryview(f.read(max(_READ_BYTES, 2 * _FRAME.size)))
+        at = 0
+        if len(buffer) < _FRAME.size:
+          break
+      magic, crc, ts, key_len, value_len = _FRAME.unpack_from(buffer, at)
       body_len = max(key_len, 0) + value_len
-      body = f.read(body_len)
-      if len(body) < body_len:
-        break   # A writer is still appending this record.
+      end = at + _FRAME.size + body_len
+      if end > len(buffer):
+        f.seek(self._pos)
+        buffer = memoryview(f.read(max(_READ_BYTES, _FRAME.size + body_len)))
+        at, end = 0, _FRAME.size + body_len
+        if end > len(buffer):
+          break   # A writer is still appending this record.
+      body = buffer[at + _FRAME.size:end]
       if magic != _FRAME_MAGIC or zlib.crc32(body) != crc:
         raise IOError(f"{self.path}: corrupt record at offset {self.offset} "
                       f"(byte {self._pos})")
-      key = None if key_len < 0 else body[:key_len]
-      out.append((self.offset, ts, key, body[max(key_len, 0):]))
-      self._pos += _FRAME.size + body_len
+      key = None if key_len < 0 else bytes(body[:key_len])
+      out.append((self.offset, ts, key, bytes(body[max(key_len, 0):])))
+      self._pos += end - at
       self.offset += 1
+      at = end
     return out
 
   def skip(self, count):
