@@ -48,7 +48,7 @@ def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
       online_model.make_model(), transport, str(tmp_path / "ckpt"),
       topics=topics, group_id=f"{kafka_topic_prefix}trainer",
       batch_size=100, sparse_interval=0.5, poll_timeout=0.2) as trainer:
-    stats = trainer.run(idle_timeout=2.0)
+    stats = trainer.run(max_examples=1000, idle_timeout=60.0)
     model = trainer.model
     assert stats.examples == 1000
     assert trainer.position() == {f"{topics.examples}/0": 1001}
@@ -62,7 +62,8 @@ def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
   online_model.assert_replica_equal(model.item, replicas["item"])
 
 
-def _start_trainer(bootstrap, topics, checkpoint_dir, log_path, idle):
+def _start_trainer(bootstrap, topics, checkpoint_dir, log_path, idle,
+                   max_examples=None):
   factory = os.path.join(os.path.dirname(online_model.__file__),
                          "online_model.py") + ":make_model"
   log = open(log_path, "ab")  # pylint: disable=consider-using-with
@@ -74,7 +75,9 @@ def _start_trainer(bootstrap, topics, checkpoint_dir, log_path, idle):
       "--dead-letter-topic", topics.dead_letters,
       "--group-id", f"{topics.examples}-trainer", "--batch-size", "20",
       "--sparse-interval", "0.3", "--idle-timeout", str(idle),
-      "--log-interval", "1"], stdout=subprocess.PIPE, stderr=log)
+      "--log-interval", "1"] + (
+          ["--max-examples", str(max_examples)] if max_examples else []),
+      stdout=subprocess.PIPE, stderr=log)
 
 
 def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
@@ -104,8 +107,12 @@ def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
   killed_at = offsets[f"{topics.examples}/0"]
   assert 0 < killed_at < total, "the trainer was not killed mid-stream"
 
+  # It stops once it has trained what is left after the checkpoint (the
+  # idle timeout is only a guard): a repeated example would show as final
+  # offsets short of the end of the topic.
   second = _start_trainer(kafka_broker.bootstrap_servers, topics,
-                          checkpoint_dir, log_path, idle=2)
+                          checkpoint_dir, log_path, idle=60,
+                          max_examples=total - killed_at)
   out, _ = second.communicate(timeout=300)
   assert second.returncode == 0, open(log_path).read()[-3000:]
   summary = json.loads(out.decode().strip().splitlines()[-1])
@@ -147,7 +154,9 @@ def test_broker_restart_during_consumption(kafka_broker_factory, tmp_path):
     trainer.run(max_examples=400)
     broker.restart()
     _produce(transport, topics.examples, values[600:])
-    stats = trainer.run(idle_timeout=3.0)
+    # Until all are trained (the consumer may take a few seconds to find the
+    # broker again); the idle timeout only guards against a hang.
+    stats = trainer.run(max_examples=1200, idle_timeout=60.0)
     assert stats.examples == 1200       # Each example exactly once.
     assert trainer.position() == {f"{topics.examples}/0": 1200}
     model = trainer.model
