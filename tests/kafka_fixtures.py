@@ -31,13 +31,14 @@ Fixtures:
 ``from kafka_fixtures import KafkaBroker`` gives the broker class itself.
 
 The jars are fetched with Maven on first use (``make kafka-fetch`` does it up
-front).  The broker's data lives under pytest's ``tmp_path_factory`` folders,
-which pytest cleans up itself.
+front).  The broker's data lives under pytest's ``tmp_path_factory`` folders
+and is deleted when the broker stops.
 """
 
 import importlib.util
 import itertools
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -73,12 +74,14 @@ _counter = itertools.count()
 def kafka_broker(tmp_path_factory):
   """One real Kafka broker (KRaft, loopback only) shared by the session."""
   kafka_broker_module.fetch(quiet=True)
-  broker = kafka_broker_module.KafkaBroker(tmp_path_factory.mktemp("kafka"))
+  data_dir = tmp_path_factory.mktemp("kafka")
+  broker = kafka_broker_module.KafkaBroker(data_dir)
   broker.start()
   try:
     yield broker
   finally:
     broker.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -88,16 +91,17 @@ def kafka_broker_factory(tmp_path_factory):
   brokers = []
 
   def start(**kwargs):
-    broker = kafka_broker_module.KafkaBroker(
-        tmp_path_factory.mktemp("kafka-extra"), **kwargs)
-    brokers.append(broker)
+    data_dir = tmp_path_factory.mktemp("kafka-extra")
+    broker = kafka_broker_module.KafkaBroker(data_dir, **kwargs)
+    brokers.append((broker, data_dir))
     return broker.start()
 
   try:
     yield start
   finally:
-    for broker in reversed(brokers):
+    for broker, data_dir in reversed(brokers):
       broker.stop()
+      shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
