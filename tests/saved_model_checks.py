@@ -64,6 +64,7 @@ def assert_servable(saved_model_dir, signatures=("serving_default",)):
   assert not forbidden, f"ops a stock model server cannot run: {forbidden}"
   for signature in signatures:
     functions = functions_of_signature(saved_model_dir, signature)
+    assert functions, f"{signature} runs no function"
     xla = sorted(name for name, function in functions.items()
                  if function.attr["_XlaMustCompile"].b)
     assert not xla, f"{signature} runs XLA-compiled functions: {xla}"

@@ -341,7 +341,7 @@ class OnlineTrainer:
       out.append(patch)
     self._producer.flush()
     # Durable before the checkpoint: a restart must not reuse these numbers.
-    streams._write_json_atomic(  # pylint: disable=protected-access
+    streams.write_json_atomic(
         self._published_path, {p.table_name: p.sequence for p in out})
     return out
 

@@ -76,7 +76,21 @@ class Topics:
   dead_letters: str = "dead-letters"
 
 
-class Producer(abc.ABC):
+class _Closable(abc.ABC):
+  """A client released by `close()`, also as a context manager."""
+
+  @abc.abstractmethod
+  def close(self):
+    """Releases the client."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+class Producer(_Closable):
   """Sends messages to topics."""
 
   @abc.abstractmethod
@@ -91,14 +105,8 @@ class Producer(abc.ABC):
   def close(self):
     """Flushes and releases the producer."""
 
-  def __enter__(self):
-    return self
 
-  def __exit__(self, *exc):
-    self.close()
-
-
-class Consumer(abc.ABC):
+class Consumer(_Closable):
   """Reads messages of all partitions of some topics, in offset order."""
 
   @abc.abstractmethod
@@ -125,12 +133,6 @@ class Consumer(abc.ABC):
   @abc.abstractmethod
   def close(self):
     """Releases the consumer (commits nothing)."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 class Transport(abc.ABC):
@@ -201,7 +203,8 @@ def _check_topic(topic):
   return topic
 
 
-def _write_json_atomic(path, data):
+def write_json_atomic(path, data):
+  """Writes `data` as JSON to `path` durably: a reader sees old or new."""
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(data, f, sort_keys=True)
@@ -398,7 +401,7 @@ class _FileConsumer(Consumer):
   def commit(self, offsets):
     committed = {f"{t}:{p}": o for (t, p), o in self.committed().items()}
     committed.update({f"{t}:{p}": int(o) for (t, p), o in offsets.items()})
-    _write_json_atomic(self._group_path, committed)
+    write_json_atomic(self._group_path, committed)
 
   def committed(self):
     if not os.path.exists(self._group_path):
