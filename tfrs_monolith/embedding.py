@@ -128,9 +128,9 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     replica makes its rows equal.
 
   Gradients reach the table as `tf.IndexedSlices` over the batch's rows,
-  as for `tf.keras.layers.Embedding`. Time is event time: the clock is the newest time given to
-  `advance_clock` (the online trainer passes example timestamps), or wall
-  time until then.
+  as for `tf.keras.layers.Embedding`. Time is event time: the clock is the
+  newest time given to `advance_clock` (the online trainer passes example
+  timestamps), or wall time until then.
 
   New rows are initialised from a hash of (`seed`, id), so a given id always
   starts from the same vector, on any machine.
@@ -236,8 +236,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     if self.built:
       return
     # One row more than `capacity`: the last row is never given to a key and
-    # never receives a gradient, so it stays zero (absent ids read it) and
-    # its optimizer state stays initial (`_reset_rows` copies that state
+    # receives only zero gradients (ids without a row read it, masked), so
+    # it stays zero and its optimizer state stays initial (`_reset_rows` copies that state
     # into reused rows).
     self.embeddings = self.add_weight(
         name="embeddings", shape=[self.capacity + 1, self.output_dim],
