@@ -235,12 +235,15 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
   def build(self, input_shape=None):
     if self.built:
       return
-    # One row more than `capacity`: the last row is never given to a key and
-    # receives only zero gradients (ids without a row read it, masked), so
-    # it stays zero and its optimizer state stays initial (`_reset_rows` copies that state
-    # into reused rows).
+    # Two rows more than `capacity`, never given to a key:
+    # * row `capacity` (the template) is never read in training, so it stays
+    #   zero and its optimizer state initial: inference reads it for absent
+    #   ids and `_reset_rows` copies its optimizer state into reused rows;
+    # * row `capacity + 1` (the sink) is what absent ids read in training.
+    #   It is zeroed before each read and its gradient is thrown away, which
+    #   costs one row instead of masking every vector of the batch.
     self.embeddings = self.add_weight(
-        name="embeddings", shape=[self.capacity + 1, self.output_dim],
+        name="embeddings", shape=[self.capacity + 2, self.output_dim],
         initializer="zeros", trainable=True)
     self._table = table_lib.CuckooHashTable(
         self.capacity, slots_per_bucket=self.slots_per_bucket,
@@ -330,9 +333,14 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                       f"{name}={value!r}")
     return tf.constant(int(value), tf.int64)
 
-  def _now(self):
-    """The clock, or wall time if no event time was ever given."""
-    wall = tf.cast(tf.timestamp(), tf.int64)
+  def _now(self, wall=None):
+    """The clock, or wall time while no event time was ever given.
+
+    Training never moves the clock: only `advance_clock` does, so a model
+    trained without event time keeps stamping ids with wall time.
+    """
+    if wall is None:
+      wall = tf.cast(tf.timestamp(), tf.int64)
     return tf.where(self.clock > 0, self.clock, wall)
 
   # --------------------------------------------------------------------- call
@@ -364,13 +372,13 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     rows64 = tf.cast(rows, tf.int64)[:, None]
     table_lib.scatter(self.embeddings, rows64, self._initial_values(keys))
     for var in self._optimizer_rows():
-      fresh = tf.gather(var, [self.capacity])          # never-trained row
+      fresh = tf.gather(var, [self.capacity])          # the template row
       table_lib.scatter(var, rows64, tf.tile(fresh, [tf.size(rows), 1]))
     return tf.size(rows)
 
   def _read_rows(self, rows):
     """Vectors of int32 `rows` ([n]); zeros where `rows` is -1."""
-    # Absent ids read the spare last row, which is never trained: zeros.
+    # Absent ids read the template row, which is never trained: zeros.
     return tf.gather(self.embeddings,
                      tf.where(rows >= 0, rows, self.capacity))
 
@@ -382,7 +390,6 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       and, for each key, the position of its distinct key.
     """
     now = self._now()
-    self.clock.assign(tf.maximum(self.clock, now))
     unique_keys, index, counts = tf.unique_with_counts(keys)
     counts = tf.cast(counts, tf.int64)
     if self._sketch is None:  # Every key is admitted.
@@ -413,36 +420,49 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
   def _admit_all(self, keys):
     """Admits, inserts and touches 1-D int64 `keys`; rows per key (int32)."""
     rows, index = self._admit(keys)
-    return tf.gather(rows, index)
+    rows = tf.gather(rows, index)
+    self.training_misses.assign_add(
+        tf.math.count_nonzero(rows < 0, dtype=tf.int64))
+    return rows
 
-  def _touch_known(self, keys, rows):
-    """Steady state (every key has a row): only marks the rows seen."""
-    now = self._now()
-    self.clock.assign(tf.maximum(self.clock, now))
-    self._table.touch_rows(rows, now, tf.ones_like(keys))
-    return tf.identity(rows)
+  def _probe_touch(self, keys, counts, wall):
+    """The steady-state table work of a training call, as one block.
 
-  def _training_probe(self, keys):
-    """`lookup_flat` of 1-D int64 `keys`, XLA-compiled if `jit_compile`."""
-    if not self.jit_compile:
-      return self._table.lookup_flat(keys)
-    n = tf.size(keys)
-    if keys.shape[0] is None:
-      # Pad to a power of two: XLA compiles once per size, not per batch.
-      log2 = tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2)
-      padded = tf.bitwise.left_shift(
-          1, tf.cast(tf.math.ceil(log2 - 1e-9), tf.int32))
-      keys = tf.pad(keys, [[0, padded - n]])
-    probe = tf.function(self._table.lookup_flat, jit_compile=True,
-                        autograph=False)
-    return probe(keys)[:n]
+    Looks `keys` up and, if every key with a nonzero count has a row, marks
+    those rows seen (`table.lookup_touch`); counts the ids looked up.
+    Compiled with XLA when `jit_compile`.
+    """
+    rows, present = self._table.lookup_touch(keys, self._now(wall), counts)
+    self.training_ids.assign_add(tf.reduce_sum(counts))
+    return rows, present
 
   def _admit_rows(self, keys):
     """Rows of 1-D int64 `keys` after admission and insertion (-1: none)."""
-    rows = self._training_probe(keys)
-    return _cond_as_call(tf.reduce_any(rows < 0),
-                   lambda: self._admit_all(keys),
-                   lambda: self._touch_known(keys, rows))
+    counts = tf.ones_like(keys)
+    wall = tf.cast(tf.timestamp(), tf.int64)
+    n = tf.size(keys)
+    if not self.jit_compile:
+      rows, present = self._probe_touch(keys, counts, wall)
+    else:
+      if keys.shape[0] is None:
+        # Pad to a power of two: XLA compiles once per size, not per batch.
+        # Padding has a zero count: it is neither touched nor counted.
+        log2 = (tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) /
+                math.log(2))
+        padded = tf.bitwise.left_shift(
+            1, tf.cast(tf.math.ceil(log2 - 1e-9), tf.int32))
+        keys_in = tf.pad(keys, [[0, padded - n]])
+        counts = tf.pad(counts, [[0, padded - n]])
+      else:
+        keys_in = keys
+      probe = tf.function(self._probe_touch, jit_compile=True,
+                          autograph=False)
+      rows, present = probe(keys_in, counts, wall)
+      rows = rows[:n]
+    # Steady state: every key had a row and is now marked seen. Otherwise
+    # the keys go through admission and insertion.
+    return _cond_as_call(present, lambda: tf.identity(rows),
+                         lambda: self._admit_all(keys))
 
   @tf.function(reduce_retracing=True, autograph=False)
   def _admit_graph(self, keys, num_optimizer_rows):
@@ -461,15 +481,14 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       rows = self._admit_graph(keys, len(self._optimizer_rows()))
     else:
       rows = self._admit_rows(keys)
-    found = rows >= 0
-    self.training_ids.assign_add(tf.size(rows, out_type=tf.int64))
-    self.training_misses.assign_add(
-        tf.size(rows, out_type=tf.int64) -
-        tf.math.count_nonzero(found, dtype=tf.int64))
-    # Ids without a row read the never-trained spare row, masked to zeros:
-    # its gradient is zero, which leaves it and its optimizer state as is.
-    vectors = tf.gather(self.embeddings, tf.where(found, rows, self.capacity))
-    return tf.where(found[:, None], vectors, tf.zeros_like(vectors))
+    # Ids without a row read the sink row, zeroed first (automatic control
+    # dependencies order the two ops on the variable). Its gradient lands
+    # on the sink, which nothing else reads.
+    sink = self.capacity + 1
+    self.embeddings.scatter_update(tf.IndexedSlices(
+        tf.zeros([1, self.output_dim], self.embeddings.dtype),
+        tf.constant([sink])))
+    return tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
 
   def _embed(self, keys, training):
     flat = tf.reshape(keys, [-1])

@@ -753,6 +753,34 @@ class CuckooHashTable(tf.Module):
     if count is not None:
       scatter(self.row_count, rows64, tf.cast(count, tf.int64), "add")
 
+  def lookup_touch(self, keys, now, counts):
+    """Rows of 1-D int64 `keys`; marks them seen if every counted key has one.
+
+    The steady-state step of training as one building block (the embedding
+    layer compiles it with XLA): when every key whose `counts` entry is
+    nonzero has a row, those rows are marked seen at `now` and dirty and
+    their occurrence counts grow by `counts`; otherwise nothing changes.
+    Keys with a zero count (padding) are looked up but never touched.
+
+    Returns:
+      `(rows, present)`: int32 rows (-1 where absent) and whether every
+      counted key had a row (and so was touched).
+    """
+    rows = self.lookup_flat(keys)
+    counted = counts > 0
+    present = tf.reduce_all(tf.logical_or(rows >= 0, tf.logical_not(counted)))
+    touch = tf.logical_and(present, counted)
+    # Untouched entries scatter neutral values (max with the minimum, add 0)
+    # into row 0, so the update needs no branch.
+    at = tf.cast(tf.where(touch, rows, 0), tf.int64)
+    now = tf.cast(now, tf.int64)
+    scatter(self.row_last_seen, at,
+            tf.where(touch, now, tf.int64.min), "max")
+    scatter(self.row_dirty, at, tf.cast(touch, tf.int32), "max")
+    scatter(self.row_count, at,
+            tf.where(touch, tf.cast(counts, tf.int64), 0), "add")
+    return rows, present
+
   def live_rows(self) -> tf.Tensor:
     """Rows that hold a key, ascending (int32)."""
     return tf.cast(tf.where(self.row_live > 0)[:, 0], tf.int32)

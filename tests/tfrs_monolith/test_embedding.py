@@ -1,5 +1,7 @@
 """Tests for `tfrs_monolith.CollisionlessEmbedding`."""
 
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -97,11 +99,13 @@ class TestAdmission:
     (grad,) = tape.gradient(loss, [layer.embeddings])
     assert isinstance(grad, tf.IndexedSlices)
     row = layer.table.lookup([1]).numpy()[0]
-    # Unadmitted ids read the spare row (index `capacity`), masked: their
-    # gradient there is zero. Key 1's row gets one gradient per occurrence.
+    # The unadmitted id reads the sink row (index `capacity + 1`), zeroed,
+    # and its gradient lands there. Key 1's row gets one gradient per
+    # occurrence.
+    sink = layer.capacity + 1
+    np.testing.assert_array_equal(out.numpy()[1], 0.0)
     indices, values = grad.indices.numpy(), grad.values.numpy()
-    assert set(indices.tolist()) <= {row, layer.capacity}
-    np.testing.assert_array_equal(values[indices == layer.capacity], 0.0)
+    assert set(indices.tolist()) == {row, sink}
     np.testing.assert_allclose(values[indices == row].sum(axis=0),
                                np.full([4], 2.0))
 
@@ -116,14 +120,20 @@ class TestAdmission:
               layer._optimizer_rows()]
     for _ in range(2):  # Twice seen: still not admitted.
       with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(tf.constant([5, 6], tf.int64),
-                                   training=True) + 1.0)
+        out = layer(tf.constant([5, 6], tf.int64), training=True)
+        loss = tf.reduce_sum(out + 1.0)
+      # The sink row was trained at the previous step, yet reads zeros.
+      np.testing.assert_array_equal(out.numpy(), 0.0)
       opt.apply_gradients(zip(tape.gradient(loss, [layer.embeddings]),
                               [layer.embeddings]))
     after = [v.numpy() for v in [layer.embeddings] + layer._optimizer_rows()]
     assert layer.table.size().numpy() == 0
+    # Every row but the sink (the last) is as it was, the template row
+    # (`capacity`, the source of fresh optimizer state) included.
     for old, new in zip(before, after):
-      np.testing.assert_array_equal(new, old)
+      np.testing.assert_array_equal(new[:-1], old[:-1])
+    np.testing.assert_array_equal(
+        layer(tf.constant([5, 6], tf.int64), training=False).numpy(), 0.0)
 
 
 class TestJitCompile:
@@ -175,6 +185,19 @@ class TestExpiryAndReuse:
     layer(tf.constant([1], tf.int64), training=True)
     assert layer.expire(10**12).numpy().size == 0
     assert layer.table.size().numpy() == 1
+
+  def test_without_event_time_ids_are_stamped_with_wall_time(self):
+    layer = tm.CollisionlessEmbedding(4, capacity=8, ttl_seconds=60)
+    start = int(time.time())
+    layer(tf.constant([1], tf.int64), training=True)
+    layer(tf.constant([1, 2], tf.int64), training=True)  # Steady + insert.
+    # Training does not move the clock: only `advance_clock` does.
+    assert layer.clock.numpy() == 0
+    rows = layer.table.lookup([1, 2]).numpy()
+    last_seen = layer.table.row_last_seen.numpy()[rows]
+    assert np.all(last_seen >= start) and np.all(last_seen <= time.time())
+    assert layer.expire(start + 30).numpy().size == 0
+    assert sorted(layer.expire(start + 120).numpy().tolist()) == [1, 2]
 
   def test_clock_never_goes_back(self):
     layer = tm.CollisionlessEmbedding(4, capacity=8)

@@ -199,6 +199,40 @@ class TestTimeAndChanges:
                                   [True, False, False])
     assert table.size().numpy() == 1
 
+  @pytest.mark.parametrize("jit_compile", [False, True])
+  def test_lookup_touch(self, jit_compile):
+    table = tm.CuckooHashTable(capacity=8)
+    table.insert([1, 2, 3], now=10)
+    table.take_changes()
+    lookup_touch = tf.function(table.lookup_touch, jit_compile=jit_compile,
+                               autograph=False)
+    rows = table.lookup([1, 2, 3]).numpy()
+    state = lambda: [v.numpy().copy() for v in (
+        table.row_last_seen, table.row_count, table.row_dirty)]
+
+    # Key 9 is absent: nothing is touched.
+    before = state()
+    got, present = lookup_touch(tf.constant([1, 9, 1], tf.int64), 20,
+                                tf.constant([1, 1, 1], tf.int64))
+    assert not present.numpy()
+    np.testing.assert_array_equal(got.numpy(), [rows[0], -1, rows[0]])
+    for old, new in zip(before, state()):
+      np.testing.assert_array_equal(new, old)
+
+    # Every counted key is present; the absent key 9 has a zero count
+    # (padding): rows 1 and 2 are touched, 9 and row 3 are not.
+    got, present = lookup_touch(tf.constant([1, 2, 1, 9], tf.int64), 20,
+                                tf.constant([1, 1, 1, 0], tf.int64))
+    assert present.numpy()
+    np.testing.assert_array_equal(got.numpy(), [rows[0], rows[1], rows[0], -1])
+    last_seen, count, dirty = state()
+    np.testing.assert_array_equal(last_seen[rows], [20, 20, 10])
+    np.testing.assert_array_equal(count[rows] - before[1][rows], [2, 1, 0])
+    np.testing.assert_array_equal(dirty[rows], [1, 1, 0])
+    untouched = np.setdiff1d(np.arange(8), rows)
+    np.testing.assert_array_equal(last_seen[untouched],
+                                  before[0][untouched])
+
   def test_take_changes(self):
     table = tm.CuckooHashTable(capacity=8)
     table.insert([1, 2, 3])
