@@ -11,4 +11,24 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Apache Beam pipelines of tfrs-monolith (installed as `tfrs_monolith.beam`)."""
+"""Apache Beam pipelines of tfrs-monolith (installed as `tfrs_monolith.beam`).
+
+Needs the `[beam]` extra: `pip install "tfrs-monolith[beam]"`.
+"""
+
+from tfrs_monolith.beam import events
+from tfrs_monolith.beam import join
+from tfrs_monolith.beam import sampling
+from tfrs_monolith.beam.events import ParseEvents
+from tfrs_monolith.beam.events import ReadEvents
+from tfrs_monolith.beam.events import ToExample
+from tfrs_monolith.beam.events import WriteDeadLetters
+from tfrs_monolith.beam.events import WriteExamples
+from tfrs_monolith.beam.join import JoinConfig
+from tfrs_monolith.beam.join import JoinEvents
+from tfrs_monolith.beam.sampling import NegativeSample
+
+__all__ = [
+    "JoinConfig", "JoinEvents", "NegativeSample", "ParseEvents",
+    "ReadEvents", "ToExample", "WriteDeadLetters", "WriteExamples",
+]

@@ -35,6 +35,7 @@ from tfrs_monolith import embedding
 from tfrs_monolith import hashing
 from tfrs_monolith import models
 from tfrs_monolith import patch
+from tfrs_monolith import sampling
 from tfrs_monolith import table
 from tfrs_monolith.admission import CountMinSketch
 from tfrs_monolith.embedding import CollisionlessEmbedding

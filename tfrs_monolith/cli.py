@@ -19,11 +19,22 @@ Usage:
       --model my_models.py:make_model --checkpoint-dir /var/lib/trainer \\
       [--sparse-interval 60] [--dense-interval 3600] [--export-dir base/]
 
+  tfrs-monolith join --impressions 'events/imp*.jsonl' \
+      --actions 'events/act*.jsonl' --output store/examples \
+      [--window_seconds 600] [--negative_rate 0.25] [Beam pipeline flags]
+
+  tfrs-monolith train-batch --examples 'store/examples-*' \
+      --model my_models.py:make_model --export-dir base/ \
+      --checkpoint-dir /var/lib/trainer [--epochs 1]
+
+`join` and `train-batch` need the `[beam]` extra.
+
 `--model` names a function (`module:function` or `path/to/file.py:function`)
 that returns a compiled Keras model with `tm.CollisionlessEmbedding` tables.
 """
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -129,17 +140,64 @@ def _train_online(args):
   return 0
 
 
+def _train_batch_args(parser):
+  parser.add_argument("--examples", required=True,
+                      help="batch store shards (glob)")
+  parser.add_argument("--model", required=True,
+                      help="module:function returning a compiled model")
+  parser.add_argument("--export-dir", default=None,
+                      help="TF Serving base path for version --version")
+  parser.add_argument("--version", type=_positive(int), default=1)
+  parser.add_argument("--checkpoint-dir", default=None,
+                      help="where the online trainer will start from")
+  parser.add_argument("--epochs", type=_positive(int), default=1)
+  parser.add_argument("--batch-size", type=_positive(int), default=1024)
+  parser.add_argument("--negative-sampling-rate", type=float, default=None,
+                      help="the joiner's --negative_rate, for the serving "
+                      "signature's log-odds correction")
+
+
+def _train_batch(args):
+  # pylint: disable=g-import-not-at-top
+  import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith.beam import training
+  model = load_factory(args.model)()
+  result = training.train(
+      model, args.examples, epochs=args.epochs, batch_size=args.batch_size,
+      export_dir=args.export_dir, version=args.version,
+      checkpoint_dir=args.checkpoint_dir,
+      negative_sampling_rate=args.negative_sampling_rate)
+  print(json.dumps(dataclasses.asdict(result), sort_keys=True, default=str))
+  return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="tfrs-monolith",
                                    description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
   _train_online_args(commands.add_parser(
       "train-online", help="train on the examples stream, publish patches"))
+  _train_batch_args(commands.add_parser(
+      "train-batch", help="train on the batch store, export version 1"))
+  commands.add_parser(
+      "join", add_help=False,
+      help="join impressions with actions into examples (Beam pipeline; "
+      "flags: python -m tfrs_monolith.beam.pipelines --help)")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["join"]:
+    # pylint: disable=g-import-not-at-top
+    import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+    from tfrs_monolith.beam import pipelines
+    logging.basicConfig(level=logging.INFO)
+    pipelines.run(argv[1:])
+    return 0
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(name)s %(levelname)s %(message)s")
   if args.command == "train-online":
     return _train_online(args)
+  if args.command == "train-batch":
+    return _train_batch(args)
   parser.error(f"unknown command {args.command}")
   return 2
 

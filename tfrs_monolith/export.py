@@ -39,6 +39,7 @@ from typing import Mapping, Optional, Sequence
 import tensorflow as tf
 
 from tfrs_monolith import models
+from tfrs_monolith import sampling
 
 __all__ = ["export_saved_model", "WATERMARK_FILE"]
 
@@ -66,9 +67,10 @@ def _serving_spec(feature_spec, serving_features):
 class _Servable(tf.Module):
   """The model plus the two signatures, as one trackable object."""
 
-  def __init__(self, model, serving_spec):
+  def __init__(self, model, serving_spec, negative_sampling_rate=None):
     super().__init__(name="servable")
     self.model = model
+    self._rate = negative_sampling_rate
     self.tables = models.find_tables(model)
     self._names = [t.name for t in self.tables]
     self.serve = tf.function(self._serve, input_signature=[serving_spec],
@@ -84,9 +86,16 @@ class _Servable(tf.Module):
 
   def _serve(self, features):
     outputs = self.model(features, training=False)
-    if isinstance(outputs, Mapping):
-      return dict(outputs)
-    return {"outputs": outputs}
+    outputs = (dict(outputs) if isinstance(outputs, Mapping) else
+               {"outputs": outputs})
+    if self._rate is not None:
+      # Trained on down-sampled negatives: serve corrected logits and the
+      # probabilities they give, beside the raw outputs.
+      for name in list(outputs):
+        corrected = sampling.correct_logits(outputs[name], self._rate)
+        outputs[f"{name}_corrected"] = corrected
+        outputs[f"{name}_probability"] = tf.sigmoid(corrected)
+    return outputs
 
   def _apply_patch(self, table, keys, values, evicted, full, created_at):
     names = tf.constant(self._names)
@@ -109,7 +118,8 @@ def export_saved_model(model: tf.keras.Model,
                        path: str,
                        watermark: Optional[Mapping[str, int]] = None,
                        feature_spec: Optional[Mapping] = None,
-                       serving_features: Optional[Sequence[str]] = None):
+                       serving_features: Optional[Sequence[str]] = None,
+                       negative_sampling_rate: Optional[float] = None):
   """Writes `model` as one TF Serving version directory at `path`.
 
   Args:
@@ -123,6 +133,11 @@ def export_saved_model(model: tf.keras.Model,
       `tm.online.DEFAULT_FEATURE_SPEC`.
     serving_features: features the serving signature takes; defaults to
       the spec's features except label, event time and sample rate.
+    negative_sampling_rate: if the model was trained on examples whose
+      negatives were kept with this probability (`tfrs_monolith.beam.
+      NegativeSample`), its outputs are taken as logits and the serving
+      signature also returns `<output>_corrected` (`logit + log(rate)`) and
+      `<output>_probability` (their sigmoid) for each output.
 
   Returns:
     `path`.
@@ -132,7 +147,11 @@ def export_saved_model(model: tf.keras.Model,
   if feature_spec is None:
     from tfrs_monolith import online  # pylint: disable=g-import-not-at-top
     feature_spec = online.DEFAULT_FEATURE_SPEC
-  servable = _Servable(model, _serving_spec(feature_spec, serving_features))
+  if negative_sampling_rate is not None:
+    negative_sampling_rate = sampling.check_rate(negative_sampling_rate,
+                                                 "negative_sampling_rate")
+  servable = _Servable(model, _serving_spec(feature_spec, serving_features),
+                       negative_sampling_rate)
   if not servable.tables:
     raise ValueError("`model` has no tm.CollisionlessEmbedding table")
   if watermark is None:

@@ -47,7 +47,8 @@ from tfrs_monolith import models
 from tfrs_monolith import patch as patch_lib
 from tfrs_monolith import streams
 
-__all__ = ["OnlineTrainer", "DEFAULT_FEATURE_SPEC", "TrainerStats"]
+__all__ = ["OnlineTrainer", "DEFAULT_FEATURE_SPEC", "TrainerStats",
+           "save_initial_checkpoint", "training_checkpoint"]
 
 _LOG = logging.getLogger("tfrs_monolith.online")
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
@@ -92,6 +93,30 @@ def _any_batch_spec(value):
 
 def _offset_name(tp):
   return f"{tp[0]}/{tp[1]}"
+
+
+def training_checkpoint(model: tf.keras.Model) -> tf.train.Checkpoint:
+  """The checkpoint the online trainer saves and restores: the model (with
+  its tables), its optimizer and the input offsets (JSON in a string
+  variable, `input_offsets`)."""
+  offsets = tf.Variable("{}", dtype=tf.string, trainable=False,
+                        name="input_offsets")
+  return tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                             input_offsets=offsets)
+
+
+def save_initial_checkpoint(model: tf.keras.Model, checkpoint_dir: str) -> str:
+  """Saves `model` (trained offline) where an `OnlineTrainer` with the same
+  `checkpoint_dir` starts from it; returns the checkpoint path.
+
+  The checkpoint has no input offsets: the trainer starts at its consumer
+  group's committed offsets (or the beginning of the topic).
+  """
+  for table in models.find_tables(model):
+    table.build(None)
+  manager = tf.train.CheckpointManager(training_checkpoint(model),
+                                       checkpoint_dir, max_to_keep=None)
+  return manager.save()
 
 
 class OnlineTrainer:
@@ -206,11 +231,8 @@ class OnlineTrainer:
 
     os.makedirs(checkpoint_dir, exist_ok=True)
     self.checkpoint_dir = checkpoint_dir
-    self._offsets = tf.Variable("{}", dtype=tf.string, trainable=False,
-                                name="input_offsets")
-    self._checkpoint = tf.train.Checkpoint(model=model,
-                                           optimizer=model.optimizer,
-                                           input_offsets=self._offsets)
+    self._checkpoint = training_checkpoint(model)
+    self._offsets = self._checkpoint.input_offsets
     self._manager = tf.train.CheckpointManager(self._checkpoint,
                                                checkpoint_dir,
                                                max_to_keep=max_to_keep)

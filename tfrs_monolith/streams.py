@@ -47,7 +47,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "Record", "Transport", "Producer", "Consumer", "FileTransport",
-    "KafkaTransport", "open_transport", "DeadLetterQueue", "MalformedMessage",
+    "KafkaTransport", "open_transport", "DeadLetterQueue", "dead_letter",
+    "MalformedMessage",
     "Topics", "parse_impression", "parse_action", "parse_example",
     "encode_event",
 ]
@@ -588,6 +589,23 @@ class _KafkaConsumer(Consumer):
 # --------------------------------------------------------------- dead letters
 
 
+def dead_letter(record: Record, reason: str) -> bytes:
+  """The JSON dead letter of `record`: where it came from, why it is dead
+  and its original key and value (base64). Decode with
+  `DeadLetterQueue.decode`."""
+  letter = {
+      "topic": record.topic,
+      "partition": record.partition,
+      "offset": record.offset,
+      "key": None if record.key is None else base64.b64encode(
+          record.key).decode("ascii"),
+      "reason": reason,
+      "value": base64.b64encode(record.value).decode("ascii"),
+      "dead_at_ms": int(time.time() * 1000),
+  }
+  return json.dumps(letter).encode("utf-8")
+
+
 class DeadLetterQueue:
   """Sends unusable messages to a dead-letter topic, with the reason.
 
@@ -602,17 +620,7 @@ class DeadLetterQueue:
     self.counts = collections.Counter()
 
   def send(self, record: Record, reason: str):
-    letter = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": None if record.key is None else base64.b64encode(
-            record.key).decode("ascii"),
-        "reason": reason,
-        "value": base64.b64encode(record.value).decode("ascii"),
-        "dead_at_ms": int(time.time() * 1000),
-    }
-    self._producer.send(self.topic, json.dumps(letter).encode("utf-8"),
+    self._producer.send(self.topic, dead_letter(record, reason),
                         key=record.key)
     self.counts[reason.split(":", 1)[0]] += 1
 
