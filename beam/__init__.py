@@ -19,6 +19,7 @@ Needs the `[beam]` extra: `pip install "tfrs-monolith[beam]"`.
 from tfrs_monolith.beam import events
 from tfrs_monolith.beam import join
 from tfrs_monolith.beam import sampling
+from tfrs_monolith.beam import topics
 from tfrs_monolith.beam.events import ParseEvents
 from tfrs_monolith.beam.events import ReadEvents
 from tfrs_monolith.beam.events import ToExample
@@ -27,8 +28,10 @@ from tfrs_monolith.beam.events import WriteExamples
 from tfrs_monolith.beam.join import JoinConfig
 from tfrs_monolith.beam.join import JoinEvents
 from tfrs_monolith.beam.sampling import NegativeSample
+from tfrs_monolith.beam.topics import WriteToTopic
 
 __all__ = [
     "JoinConfig", "JoinEvents", "NegativeSample", "ParseEvents",
     "ReadEvents", "ToExample", "WriteDeadLetters", "WriteExamples",
+    "WriteToTopic",
 ]

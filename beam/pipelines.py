@@ -20,8 +20,10 @@ Batch (files -> batch store):
       --actions 'events/actions*.jsonl' \\
       --output store/examples --window_seconds 600 --negative_rate 0.25
 
-Streaming (Kafka -> Kafka, with Beam's Kafka I/O; needs a runner that runs
-cross-language transforms, e.g. `--runner FlinkRunner`):
+Streaming (Kafka -> Kafka): events are read with Beam's Kafka I/O, a Java
+cross-language transform that needs a runner able to run it (e.g.
+`--runner FlinkRunner`); examples and dead letters are written with the
+project's own producer (`WriteToTopic`), which runs on any runner:
 
   python -m tfrs_monolith.beam.pipelines --streaming \\
       --kafka_bootstrap_servers 127.0.0.1:9092 --runner FlinkRunner ...
@@ -45,6 +47,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from tfrs_monolith.beam import events as events_lib
 from tfrs_monolith.beam import join as join_lib
 from tfrs_monolith.beam import sampling as sampling_lib
+from tfrs_monolith.beam import topics as topics_lib
 
 __all__ = ["JoinOptions", "JoinPipeline", "run"]
 
@@ -153,7 +156,6 @@ def build(pipeline: beam.Pipeline, options: JoinOptions):
     from apache_beam.io import kafka  # pylint: disable=g-import-not-at-top
     consumer = {"bootstrap.servers": options.kafka_bootstrap_servers,
                 "auto.offset.reset": "earliest"}
-    producer = {"bootstrap.servers": options.kafka_bootstrap_servers}
     messages = tuple(
         pipeline | f"Read{name.title()}" >> kafka.ReadFromKafka(
             consumer_config=consumer, topics=[topic])
@@ -174,17 +176,11 @@ def build(pipeline: beam.Pipeline, options: JoinOptions):
       config, options.negative_rate, options.sample_seed,
       streaming=streaming, sources=sources)
   if streaming:
-    (outputs["examples"]
-     | "KeyExamples" >> beam.Map(lambda v: (b"", v)).with_output_types(
-         beam.typehints.KV[bytes, bytes])
-     | "WriteExamples" >> kafka.WriteToKafka(
-         producer_config=producer, topic=options.examples_topic))
-    (outputs["dead_letters"]
-     | "KeyDeadLetters" >> beam.Map(lambda v: (b"", v)).with_output_types(
-         beam.typehints.KV[bytes, bytes])
-     | "WriteDeadLetters" >> kafka.WriteToKafka(
-         producer_config=producer,
-         topic=options.dead_letters or "dead-letters"))
+    url = f"kafka://{options.kafka_bootstrap_servers}"
+    outputs["examples"] | "WriteExamples" >> topics_lib.WriteToTopic(
+        url, options.examples_topic)
+    outputs["dead_letters"] | "WriteDeadLetters" >> topics_lib.WriteToTopic(
+        url, options.dead_letters or "dead-letters")
   else:
     outputs["examples"] | "WriteExamples" >> events_lib.WriteExamples(
         options.output)

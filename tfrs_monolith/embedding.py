@@ -32,6 +32,7 @@ from tfrs_monolith import table as table_lib
 __all__ = ["CollisionlessEmbedding", "learning"]
 
 _LEARNING = contextvars.ContextVar("tfrs_monolith_learning", default=False)
+_SERVING = contextvars.ContextVar("tfrs_monolith_serving", default=False)
 _INIT_SEED = 0x1A17_0000_0000_0001
 # Standard normal CDF at -2 and 2: bounds of a 2-sigma truncated normal.
 _PHI_MINUS_2 = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
@@ -70,6 +71,42 @@ def learning():
     yield
   finally:
     _LEARNING.reset(token)
+
+
+@contextlib.contextmanager
+def serving_graph():
+  """Within this context, `CollisionlessEmbedding` lookups are traced
+  without XLA, so that the graph runs on a stock `tensorflow_model_server`.
+
+  `tm.export.export_saved_model` traces its signatures inside it; any
+  `tf.saved_model.save` (and Keras `model.save`) also gets XLA-free lookups.
+  Trace your own serving functions inside it if you save them another way.
+  """
+  token = _SERVING.set(True)
+  try:
+    yield
+  finally:
+    _SERVING.reset(token)
+
+
+def _xla_allowed() -> bool:
+  if _SERVING.get():
+    return False
+  try:
+    from tensorflow.python.saved_model import save_context  # pylint: disable=g-import-not-at-top
+  except ImportError:   # pragma: no cover
+    return True
+  return not save_context.in_save_context()
+
+
+def _pad_to_power_of_two(*tensors):
+  """Pads 1-D tensors of one dynamic length n to the next power of two:
+  XLA compiles once per padded size, not once per batch size."""
+  n = tf.size(tensors[0])
+  log2 = tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2)
+  padded = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(log2 - 1e-9),
+                                            tf.int32))
+  return [tf.pad(t, [[0, padded - n]]) for t in tensors]
 
 
 def _initializer_spec(initializer):
@@ -171,9 +208,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       `max(4096, capacity)`. Unused when `min_count == 1`.
     admission_depth: Rows (hash functions) of the admission sketch.
     seed: Seed of the per-id initial values.
-    jit_compile: Probe the table in an XLA-compiled function (`jit_compile`)
-      in training calls, which is faster on CPU and GPU. Inference calls
-      never use XLA, so exported serving graphs run on a stock
+    jit_compile: Probe the table in an XLA-compiled function (`jit_compile`),
+      which is faster on CPU and GPU. Graphs traced for serving
+      (`tm.embedding.serving_graph`, `tm.export.export_saved_model`, any
+      SavedModel save) never use XLA, so they run on a stock
       `tensorflow_model_server`. Set False where XLA is not available.
     **kwargs: Base `Layer` arguments (`name`, `dtype`, `trainable`).
 
@@ -266,6 +304,13 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     self.training_misses = self.add_weight(
         name="training_misses", shape=[], dtype=tf.int64,
         initializer="zeros", trainable=False)
+    # The XLA-compiled blocks (used when `jit_compile`), one per layer so
+    # that eager calls reuse their compilations. Set past Keras's tracking:
+    # they are never saved with the layer.
+    for name, fn in (("_xla_lookup", self._table.lookup_flat),
+                     ("_xla_probe_touch", self._probe_touch)):
+      object.__setattr__(self, name, tf.function(fn, jit_compile=True,
+                                                 autograph=False))
     super().build(input_shape)
 
   @property
@@ -444,20 +489,11 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     if not self.jit_compile:
       rows, present = self._probe_touch(keys, counts, wall)
     else:
+      keys_in = keys
       if keys.shape[0] is None:
-        # Pad to a power of two: XLA compiles once per size, not per batch.
         # Padding has a zero count: it is neither touched nor counted.
-        log2 = (tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) /
-                math.log(2))
-        padded = tf.bitwise.left_shift(
-            1, tf.cast(tf.math.ceil(log2 - 1e-9), tf.int32))
-        keys_in = tf.pad(keys, [[0, padded - n]])
-        counts = tf.pad(counts, [[0, padded - n]])
-      else:
-        keys_in = keys
-      probe = tf.function(self._probe_touch, jit_compile=True,
-                          autograph=False)
-      rows, present = probe(keys_in, counts, wall)
+        keys_in, counts = _pad_to_power_of_two(keys, counts)
+      rows, present = self._xla_probe_touch(keys_in, counts, wall)
       rows = rows[:n]
     # Steady state: every key had a row and is now marked seen. Otherwise
     # the keys go through admission and insertion.
@@ -490,16 +526,29 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         tf.constant([sink])))
     return tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
 
+  def _lookup_rows(self, keys):
+    """Inference: rows of 1-D int64 `keys` (-1: absent), never inserting.
+
+    With `jit_compile`, the probe runs under XLA, except while a serving
+    graph is traced (`serving_graph`, SavedModel export).
+    """
+    if not (self.jit_compile and _xla_allowed()):
+      return self._table.lookup_flat(keys)
+    n = tf.size(keys)
+    if keys.shape[0] is None:
+      (keys,) = _pad_to_power_of_two(keys)
+    return self._xla_lookup(keys)[:n]
+
   def _embed(self, keys, training):
     flat = tf.reshape(keys, [-1])
     if training is None or training is False:
-      vectors = self._read_rows(self._table.lookup_flat(flat))
+      vectors = self._read_rows(self._lookup_rows(flat))
     elif training is True:
       vectors = self._learn(flat)
     else:
       vectors = tf.cond(
           tf.cast(training, tf.bool), lambda: self._learn(flat),
-          lambda: self._read_rows(self._table.lookup_flat(flat)))
+          lambda: self._read_rows(self._lookup_rows(flat)))
     return tf.reshape(vectors,
                       tf.concat([tf.shape(keys), [self.output_dim]], 0))
 

@@ -38,6 +38,7 @@ from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from tfrs_monolith import embedding
 from tfrs_monolith import models
 from tfrs_monolith import sampling
 
@@ -161,10 +162,11 @@ def export_saved_model(model: tf.keras.Model,
   os.makedirs(parent, exist_ok=True)
   staging = os.path.join(parent, f".{os.path.basename(path)}.tmp")
   shutil.rmtree(staging, ignore_errors=True)
-  tf.saved_model.save(servable, staging, signatures={
-      "serving_default": servable.serve.get_concrete_function(),
-      "apply_patch": servable.apply_patch.get_concrete_function(),
-  })
+  with embedding.serving_graph():     # No XLA in the served graphs.
+    tf.saved_model.save(servable, staging, signatures={
+        "serving_default": servable.serve.get_concrete_function(),
+        "apply_patch": servable.apply_patch.get_concrete_function(),
+    })
   os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
   with open(os.path.join(staging, WATERMARK_FILE), "w",
             encoding="utf-8") as f:

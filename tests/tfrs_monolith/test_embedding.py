@@ -166,6 +166,26 @@ class TestJitCompile:
     np.testing.assert_allclose(_vectors(layers[0], ids),
                                _vectors(layers[1], ids), rtol=1e-6)
 
+  def test_inference_uses_xla_except_in_serving_graphs(self):
+    layer = tm.CollisionlessEmbedding(4, capacity=64)
+    layer(tf.range(40, dtype=tf.int64), training=True)
+    ids = tf.constant([3, 77, 5, 39, 3], tf.int64)   # 77 is unknown.
+
+    def xla_functions(fn):
+      graph = tf.function(fn).get_concrete_function(
+          tf.TensorSpec([None], tf.int64)).graph.as_graph_def()
+      return [f.signature.name for f in graph.library.function
+              if f.attr["_XlaMustCompile"].b]
+
+    read = lambda x: layer(x, training=False)
+    assert xla_functions(read)
+    with tm.embedding.serving_graph():
+      assert not xla_functions(read)
+      served = layer(ids, training=False).numpy()
+    np.testing.assert_array_equal(layer(ids, training=False).numpy(), served)
+    np.testing.assert_array_equal(served[1], 0.0)
+    assert np.all(served[[0, 2, 3, 4]] != 0.0)
+
   def test_must_be_bool(self):
     with pytest.raises(TypeError, match="jit_compile='yes'"):
       tm.CollisionlessEmbedding(4, capacity=8, jit_compile="yes")
