@@ -177,7 +177,9 @@ class ReadEvents(beam.PTransform):
 def _set(feature, values: Iterable[Union[int, float, str, bytes]]):
   """Fills the `tf.train.Feature` `feature` with `values` (one kind)."""
   values = list(values)
-  if values and all(type(v) is int for v in values):  # pylint: disable=unidiomatic-typecheck
+  # bool is an int, but a bool feature is not an int64 one.
+  if values and all(isinstance(v, int) and not isinstance(v, bool)
+                    for v in values):
     feature.int64_list.value.extend(values)
   elif values and all(isinstance(v, (str, bytes)) for v in values):
     feature.bytes_list.value.extend(

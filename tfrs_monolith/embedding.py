@@ -93,7 +93,8 @@ def _xla_allowed() -> bool:
   if _SERVING.get():
     return False
   try:
-    from tensorflow.python.saved_model import save_context  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from tensorflow.python.saved_model import save_context
   except ImportError:   # pragma: no cover
     return True
   return not save_context.in_save_context()

@@ -191,8 +191,8 @@ class OnlineTrainer:
         raise ValueError(f"`{name}` must be a positive number of seconds. "
                          f"Received: {name}={value!r}")
     if getattr(model, "optimizer", None) is None:
-      raise ValueError("`model` must be compiled (model.compile(optimizer=...)) "
-                       "before it is given to OnlineTrainer")
+      raise ValueError("`model` must be compiled (model.compile("
+                       "optimizer=...)) before it is given to OnlineTrainer")
     self.model = model
     self.transport = transport
     self.model_name = model_name
