@@ -30,6 +30,7 @@ bench: $(STAMP) kafka-fetch
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/patch.py
 	$(PY) benchmarks/online.py
+	$(PY) benchmarks/join.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
