@@ -216,3 +216,21 @@ def test_readme_pipeline_runs(monkeypatch, tmp_path):
   positives = sum(_feature(e, "label") == 1.0 for e in examples)
   assert positives == len(actions)
   assert len(impressions) * 0.25 < len(examples) < len(impressions)
+
+
+def test_train_batch_command(store, tmp_path, capsys):
+  root, _, _ = store
+  model_spec = str(pathlib.Path(online_model.__file__)) + ":make_model"
+  assert cli.main([
+      "train-batch", "--examples", str(root / "store" / "examples-*"),
+      "--model", model_spec, "--export-dir", str(tmp_path / "base"),
+      "--version", "7", "--checkpoint-dir", str(tmp_path / "trainer"),
+      "--batch-size", "512"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["export_path"] == str(tmp_path / "base" / "7")
+  assert summary["table_sizes"]["user"] == USERS
+  assert summary["examples"] == len(_read_store(str(root / "store" /
+                                                    "examples-*")))
+  saved_model_checks.assert_servable(summary["export_path"],
+                                     ("serving_default", "apply_patch"))
+  assert summary["checkpoint_path"].startswith(str(tmp_path / "trainer"))
