@@ -308,7 +308,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     # The XLA-compiled blocks (used when `jit_compile`), one per layer so
     # that eager calls reuse their compilations. Set past Keras's tracking:
     # they are never saved with the layer.
-    for name, fn in (("_xla_lookup", self._table.lookup_flat),
+    for name, fn in (("_xla_read_index", self._read_index),
                      ("_xla_probe_touch", self._probe_touch)):
       object.__setattr__(self, name, tf.function(fn, jit_compile=True,
                                                  autograph=False))
@@ -422,12 +422,6 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       table_lib.scatter(var, rows64, tf.tile(fresh, [tf.size(rows), 1]))
     return tf.size(rows)
 
-  def _read_rows(self, rows):
-    """Vectors of int32 `rows` ([n]); zeros where `rows` is -1."""
-    # Absent ids read the template row, which is never trained: zeros.
-    return tf.gather(self.embeddings,
-                     tf.where(rows >= 0, rows, self.capacity))
-
   def _admit(self, keys):
     """Admits, inserts and touches 1-D int64 `keys` (training only).
 
@@ -527,29 +521,38 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         tf.constant([sink])))
     return tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
 
-  def _lookup_rows(self, keys):
-    """Inference: rows of 1-D int64 `keys` (-1: absent), never inserting.
+  def _read_index(self, keys):
+    """The rows inference reads for 1-D int64 `keys`: the template row
+    (never trained: zeros) where a key has none."""
+    rows = self._table.lookup_flat(keys)
+    return tf.where(rows >= 0, rows, self.capacity)
+
+  def _lookup(self, keys):
+    """Inference: vectors of 1-D int64 `keys`, never inserting.
 
     With `jit_compile`, the probe runs under XLA, except while a serving
     graph is traced (`serving_graph`, SavedModel export).
     """
     if not (self.jit_compile and _xla_allowed()):
-      return self._table.lookup_flat(keys)
+      return tf.gather(self.embeddings, self._read_index(keys))
+    if keys.shape[0] is not None:
+      return tf.gather(self.embeddings, self._xla_read_index(keys))
     n = tf.size(keys)
-    if keys.shape[0] is None:
-      (keys,) = _pad_to_power_of_two(keys)
-    return self._xla_lookup(keys)[:n]
+    (padded,) = _pad_to_power_of_two(keys)
+    return tf.gather(self.embeddings, self._xla_read_index(padded)[:n])
 
   def _embed(self, keys, training):
-    flat = tf.reshape(keys, [-1])
+    flat = keys if keys.shape.rank == 1 else tf.reshape(keys, [-1])
     if training is None or training is False:
-      vectors = self._read_rows(self._lookup_rows(flat))
+      vectors = self._lookup(flat)
     elif training is True:
       vectors = self._learn(flat)
     else:
       vectors = tf.cond(
           tf.cast(training, tf.bool), lambda: self._learn(flat),
-          lambda: self._read_rows(self._lookup_rows(flat)))
+          lambda: self._lookup(flat))
+    if keys.shape.rank == 1:
+      return vectors
     return tf.reshape(vectors,
                       tf.concat([tf.shape(keys), [self.output_dim]], 0))
 
