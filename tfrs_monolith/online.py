@@ -471,7 +471,7 @@ class OnlineTrainer:
                                              if ids else float("nan"))
     self._last_admission = counts
     try:
-      ends = self.transport.end_offsets([self.topics.examples])
+      ends = self._consumer.end_offsets()
       position = self._consumer.position()
       out["lag_examples"] = sum(max(0, end - position.get(tp, 0))
                                 for tp, end in ends.items())

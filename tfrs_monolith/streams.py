@@ -132,6 +132,11 @@ class Consumer(_Closable):
     """The group's committed next offsets (missing: never committed)."""
 
   @abc.abstractmethod
+  def end_offsets(self) -> Dict[TopicPartition, int]:
+    """The offset after the last message of each (topic, partition) read;
+    with `position()`, the consumer's lag. Cheap enough to ask often."""
+
+  @abc.abstractmethod
   def close(self):
     """Releases the consumer (commits nothing)."""
 
@@ -369,6 +374,10 @@ class _FileConsumer(Consumer):
                                     _check_topic(group_id) + ".json")
     self._readers = {(topic, 0): _LogReader(transport._log(topic))  # pylint: disable=protected-access
                      for topic in topics}
+    # Readers that follow each log's end, so that `end_offsets` only reads
+    # what was appended since its last call.
+    self._ends = {tp: _LogReader(reader.path)
+                  for tp, reader in self._readers.items()}
     self.seek(self.committed())
 
   def poll(self, max_records=500, timeout=1.0):
@@ -415,8 +424,13 @@ class _FileConsumer(Consumer):
       out[(topic, int(partition))] = int(offset)
     return out
 
+  def end_offsets(self):
+    for reader in self._ends.values():
+      reader.skip(math.inf)
+    return {tp: reader.offset for tp, reader in self._ends.items()}
+
   def close(self):
-    for reader in self._readers.values():
+    for reader in list(self._readers.values()) + list(self._ends.values()):
       reader.close()
 
 
@@ -581,6 +595,10 @@ class _KafkaConsumer(Consumer):
       if offset is not None:
         out[(tp.topic, tp.partition)] = int(offset)
     return out
+
+  def end_offsets(self):
+    ends = self._consumer.end_offsets(self._partitions)
+    return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
 
   def close(self):
     self._consumer.close(autocommit=False)

@@ -197,6 +197,9 @@ def test_metrics_and_tensorboard_summaries(tmp_path):
                 summary_dir=str(tmp_path / "tb"), log_interval=0.01) as trainer:
     trainer.run(idle_timeout=0.5)
     figures = trainer.metrics()     # Nothing new since the last log.
+    assert figures["lag_examples"] == 0
+    _produce(transport, values[:3])
+    assert trainer.metrics()["lag_examples"] == 3
   assert figures["examples"] == 200 and figures["item/size"] == 100
   assert np.isnan(figures["item/admission_rate"])
   model = trainer.model

@@ -52,6 +52,9 @@ def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
     model = trainer.model
     assert stats.examples == 1000
     assert trainer.position() == {f"{topics.examples}/0": 1001}
+    assert trainer.metrics()["lag_examples"] == 0
+    _produce(transport, topics.examples, values[:7])
+    assert trainer.metrics()["lag_examples"] == 7
   letters = [streams.DeadLetterQueue.decode(r.value) for r in
              _read_all(transport, topics.dead_letters, "audit")]
   assert [(l["offset"], l["value"]) for l in letters] == [(500, b"\x08poison")]

@@ -28,8 +28,12 @@ def test_file_transport_round_trip_commit_and_seek(tmp_path):
     with pytest.raises(ValueError, match="offset 9"):
       consumer.seek({("events", 0): 9})
   with transport.consumer(["events"], "other-group") as consumer:
+    assert consumer.end_offsets() == {("events", 0): 5}
     assert len(consumer.poll(10, 0.1)) == 5    # From the beginning.
-  assert transport.end_offsets(["events"]) == {("events", 0): 5}
+    with transport.producer() as producer:
+      producer.send("events", b"v5")
+    assert consumer.end_offsets() == {("events", 0): 6}
+  assert transport.end_offsets(["events"]) == {("events", 0): 6}
 
 
 def test_reader_waits_for_a_half_written_record(tmp_path):
