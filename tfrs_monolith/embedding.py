@@ -110,6 +110,19 @@ def _pad_to_power_of_two(*tensors):
   return [tf.pad(t, [[0, padded - n]]) for t in tensors]
 
 
+def _padded_call(fn, vectors, *scalars):
+  """`fn(*vectors, *scalars)` for an XLA-compiled `fn` whose first output
+  has one entry per key. 1-D `vectors` of a dynamic length are padded with
+  zeros (`_pad_to_power_of_two`) and that output is cut back to length."""
+  if vectors[0].shape[0] is not None:
+    return fn(*vectors, *scalars)
+  n = tf.size(vectors[0])
+  out = fn(*_pad_to_power_of_two(*vectors), *scalars)
+  if isinstance(out, tuple):
+    return (out[0][:n],) + tuple(out[1:])
+  return out[:n]
+
+
 def _initializer_spec(initializer):
   """(kind, a, b) of a supported Keras initializer, for keyed generation."""
   init = tf.keras.initializers.get(initializer)
@@ -480,16 +493,12 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     """Rows of 1-D int64 `keys` after admission and insertion (-1: none)."""
     counts = tf.ones_like(keys)
     wall = tf.cast(tf.timestamp(), tf.int64)
-    n = tf.size(keys)
     if not self.jit_compile:
       rows, present = self._probe_touch(keys, counts, wall)
     else:
-      keys_in = keys
-      if keys.shape[0] is None:
-        # Padding has a zero count: it is neither touched nor counted.
-        keys_in, counts = _pad_to_power_of_two(keys, counts)
-      rows, present = self._xla_probe_touch(keys_in, counts, wall)
-      rows = rows[:n]
+      # Padding has a zero count: it is neither touched nor counted.
+      rows, present = _padded_call(self._xla_probe_touch, (keys, counts),
+                                   wall)
     # Steady state: every key had a row and is now marked seen. Otherwise
     # the keys go through admission and insertion.
     return _cond_as_call(present, lambda: tf.identity(rows),
@@ -535,11 +544,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     """
     if not (self.jit_compile and _xla_allowed()):
       return tf.gather(self.embeddings, self._read_index(keys))
-    if keys.shape[0] is not None:
-      return tf.gather(self.embeddings, self._xla_read_index(keys))
-    n = tf.size(keys)
-    (padded,) = _pad_to_power_of_two(keys)
-    return tf.gather(self.embeddings, self._xla_read_index(padded)[:n])
+    return tf.gather(self.embeddings,
+                     _padded_call(self._xla_read_index, (keys,)))
 
   def _embed(self, keys, training):
     flat = keys if keys.shape.rank == 1 else tf.reshape(keys, [-1])
