@@ -39,6 +39,15 @@ from tfrs_monolith import online
 __all__ = ["BatchTrainingResult", "read_examples", "train"]
 
 
+def _store_files(file_pattern: str):
+  """The shards matching a glob (or comma-separated globs), sorted."""
+  files = sorted(f for pattern in file_pattern.split(",")
+                 for f in tf.io.gfile.glob(pattern.strip()))
+  if not files:
+    raise ValueError(f"no example files match {file_pattern!r}")
+  return files
+
+
 def read_examples(file_pattern: str,
                   feature_spec: Optional[Mapping] = None,
                   batch_size: int = 1024,
@@ -57,10 +66,7 @@ def read_examples(file_pattern: str,
   Raises:
     ValueError: if no file matches.
   """
-  files = sorted(f for pattern in file_pattern.split(",")
-                 for f in tf.io.gfile.glob(pattern.strip()))
-  if not files:
-    raise ValueError(f"no example files match {file_pattern!r}")
+  files = _store_files(file_pattern)
   if isinstance(batch_size, bool) or not isinstance(batch_size, int) or (
       batch_size < 1):
     raise ValueError(f"`batch_size` must be a positive int. Received: "
@@ -141,12 +147,17 @@ def train(model: tf.keras.Model,
                           seed)
   history = model.fit(dataset, epochs=epochs, verbose=verbose)
 
+  # Count the examples and find the newest event time, parsing only that
+  # feature.
   examples = 0
   latest = 0
-  for batch in read_examples(file_pattern, spec, 65536):
-    examples += int(tf.shape(next(iter(batch.values())))[0])
+  for serialized in tf.data.TFRecordDataset(
+      _store_files(file_pattern), compression_type="GZIP").batch(65536):
+    examples += int(tf.size(serialized))
     if time_feature is not None:
-      latest = max(latest, int(tf.reduce_max(batch[time_feature])))
+      times = tf.io.parse_example(
+          serialized, {time_feature: spec[time_feature]})[time_feature]
+      latest = max(latest, int(tf.reduce_max(times)))
   for table in tables:
     if latest > 0:
       table.advance_clock(latest)
