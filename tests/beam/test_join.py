@@ -41,6 +41,15 @@ def unjoined_summary(letter):
           event.get("action", "impression"))
 
 
+def assert_joined(joined, examples, unjoined):
+  """Checks a `JoinEvents` result: `summary` of each example and
+  `unjoined_summary` of each unjoined event, in any order."""
+  assert_that(joined.examples | "SummarizeExamples" >> beam.Map(summary),
+              equal_to(examples), label="Examples")
+  assert_that(joined.unjoined | "SummarizeUnjoined" >> beam.Map(
+      unjoined_summary), equal_to(unjoined), label="Unjoined")
+
+
 class TestAttribute:
 
   def test_window_duplicates_and_labels(self):
@@ -94,16 +103,15 @@ class TestBatchJoin:
       joined = ((p | "I" >> beam.Create(impressions),
                  p | "A" >> beam.Create(actions))
                 | join_lib.JoinEvents(CONFIG))
-      assert_that(joined.examples | beam.Map(summary), equal_to([
+      assert_joined(joined, [
           ("r1", "a", 1.0, 1.0, 0.0, 100),
           ("r1", "b", 0.0, 0.0, 0.0, 100),
           ("r2", "a", 0.0, 0.0, 1.0, 200),
-      ]), label="Examples")
-      assert_that(joined.unjoined | beam.Map(unjoined_summary), equal_to([
+      ], [
           ("action_after_window", "r1", "b", "click"),
           ("duplicate_impression", "r2", "a", "impression"),
           ("orphan_action", "r3", "z", "click"),
-      ]), label="Unjoined")
+      ])
 
   def test_rejects_bad_arguments(self):
     with pytest.raises(TypeError, match="config=60"):
@@ -160,16 +168,15 @@ class TestStreamingJoin:
       inputs = p | stream
       joined = ((inputs["impressions"], inputs["actions"])
                 | join_lib.JoinEvents(config, streaming=True))
-      assert_that(joined.examples | beam.Map(summary), equal_to([
+      assert_joined(joined, [
           ("r1", "a", 1.0, 1.0, 1.0, 100),
           ("r2", "b", 1.0, 1.0, 0.0, 200),
           ("r3", "c", 0.0, 0.0, 0.0, 300),
-      ]), label="Examples")
-      assert_that(joined.unjoined | beam.Map(unjoined_summary), equal_to([
+      ], [
           ("late_action", "r1", "a", "click"),
           ("duplicate_impression", "r1", "a", "impression"),
           ("orphan_action", "r9", "x", "click"),
-      ]), label="Unjoined")
+      ])
 
   def test_streaming_equals_batch(self):
     impressions = [imp(f"r{i}", f"i{i % 3}", 10 * i) for i in range(20)]
@@ -200,10 +207,7 @@ class TestStreamingJoin:
       batch = ((p | "I" >> beam.Create(impressions),
                 p | "A" >> beam.Create(actions))
                | join_lib.JoinEvents(CONFIG))
-      assert_that(batch.examples | beam.Map(summary),
-                  equal_to(expected_examples), label="Examples")
-      assert_that(batch.unjoined | beam.Map(unjoined_summary),
-                  equal_to(expected_unjoined), label="Unjoined")
+      assert_joined(batch, expected_examples, expected_unjoined)
 
     stream = test_stream.TestStream()
     watermark = -1.0
@@ -221,7 +225,4 @@ class TestStreamingJoin:
       inputs = p | stream
       joined = ((inputs["impressions"], inputs["actions"])
                 | join_lib.JoinEvents(CONFIG, streaming=True))
-      assert_that(joined.examples | beam.Map(summary),
-                  equal_to(expected_examples), label="Examples")
-      assert_that(joined.unjoined | beam.Map(unjoined_summary),
-                  equal_to(expected_unjoined), label="Unjoined")
+      assert_joined(joined, expected_examples, expected_unjoined)
