@@ -27,7 +27,12 @@ Usage:
       --model my_models.py:make_model --export-dir base/ \
       --checkpoint-dir /var/lib/trainer [--epochs 1]
 
-`join` and `train-batch` need the `[beam]` extra.
+  tfrs-monolith sidecar --serving 127.0.0.1:8500 --model ranker \
+      --patches kafka://127.0.0.1:9092 --state-dir /var/lib/sidecar \
+      [--metrics-port 9108]
+
+`join` and `train-batch` need the `[beam]` extra, `sidecar` the `[serving]`
+extra.
 
 `--model` names a function (`module:function` or `path/to/file.py:function`)
 that returns a compiled Keras model with `tm.CollisionlessEmbedding` tables.
@@ -171,6 +176,67 @@ def _train_batch(args):
   return 0
 
 
+def _sidecar_args(parser):
+  parser.add_argument("--serving", required=True,
+                      help="TF Serving gRPC address, host:port")
+  parser.add_argument("--model", required=True,
+                      help="the model name in TF Serving's model config")
+  parser.add_argument("--patches", required=True,
+                      help="where the patches topic lives: kafka://host:port "
+                      "or file:///path")
+  parser.add_argument("--state-dir", required=True,
+                      help="where the sidecar keeps its position (one per "
+                      "served replica)")
+  parser.add_argument("--topic", default="patches")
+  parser.add_argument("--dead-letter-topic", default="dead-letters")
+  parser.add_argument("--patch-model", default=None,
+                      help="the trainer's --model-name, if it differs")
+  parser.add_argument("--base-path", default=None,
+                      help="the model's base path, for versions exported "
+                      "without the patch_watermark signature")
+  parser.add_argument("--group-id", default=None)
+  parser.add_argument("--timeout", type=_positive(float), default=10.0,
+                      help="seconds allowed for each gRPC call")
+  parser.add_argument("--max-request-bytes", type=_positive(int),
+                      default=4_000_000)
+  parser.add_argument("--status-interval", type=_positive(float),
+                      default=1.0,
+                      help="seconds between served-version checks")
+  parser.add_argument("--metrics-port", type=int, default=None,
+                      help="serve /metrics and /healthz on this port")
+  parser.add_argument("--metrics-host", default="127.0.0.1")
+  parser.add_argument("--max-seconds", type=_positive(float), default=None,
+                      help="stop after this long (default: run until "
+                      "SIGTERM)")
+
+
+def _sidecar(args):
+  # pylint: disable=g-import-not-at-top
+  import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import serving
+  from tfrs_monolith import streams
+  client = serving.ServingClient(args.serving, args.model,
+                                 timeout=args.timeout)
+  sidecar = serving.Sidecar(
+      client, streams.open_transport(args.patches), args.state_dir,
+      topic=args.topic, dead_letter_topic=args.dead_letter_topic,
+      patch_model=args.patch_model, base_path=args.base_path,
+      group_id=args.group_id, max_request_bytes=args.max_request_bytes,
+      status_interval=args.status_interval, metrics_port=args.metrics_port,
+      metrics_host=args.metrics_host)
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: sidecar.stop())
+  with sidecar:
+    if sidecar.metrics_address:
+      logging.info("metrics on http://%s:%d/metrics",
+                   *sidecar.metrics_address)
+    sidecar.run(max_seconds=args.max_seconds)
+    summary = sidecar.metrics()
+  client.close()
+  print(json.dumps(summary, sort_keys=True))
+  return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="tfrs-monolith",
                                    description=__doc__.split("\n")[0])
@@ -179,6 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       "train-online", help="train on the examples stream, publish patches"))
   _train_batch_args(commands.add_parser(
       "train-batch", help="train on the batch store, export version 1"))
+  _sidecar_args(commands.add_parser(
+      "sidecar", help="apply embedding patches to a model TF Serving serves"))
   commands.add_parser(
       "join", add_help=False,
       help="join impressions with actions into examples (Beam pipeline; "
@@ -198,6 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _train_online(args)
   if args.command == "train-batch":
     return _train_batch(args)
+  if args.command == "sidecar":
+    return _sidecar(args)
   parser.error(f"unknown command {args.command}")
   return 2
 

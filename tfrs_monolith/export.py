@@ -22,6 +22,13 @@ stock `tensorflow_model_server` loads:
   (int64 [n]), `values` (float32 [n, dim]), `evicted` (int64 [m]), `full`
   (bool scalar: keys not listed are dropped) and `created_at` (int64
   seconds, 0 for now) -> `changed` (int64 rows changed);
+* `embedding_rows`: `table` (string scalar) and `keys` (int64 [n]) ->
+  `values` (float32 [n, dim], zeros where absent) and `present` (bool
+  [n]): what the served table holds, to check a replica against the
+  trainer (`tfrs_monolith.serving.ServingClient.rows`);
+* `patch_watermark`: `table` (string scalar) -> `sequence` (int64): the
+  last patch of that table the exported rows include, so that a sidecar
+  with no access to the model's files knows which patches to replay;
 * `assets.extra/watermark.json`: the last patch sequence number of each
   table that the exported rows include, so a sidecar replays only newer
   patches.
@@ -74,6 +81,7 @@ class _Servable(tf.Module):
     self._rate = negative_sampling_rate
     self.tables = models.find_tables(model)
     self._names = [t.name for t in self.tables]
+    self.watermark = {}
     self.serve = tf.function(self._serve, input_signature=[serving_spec],
                              autograph=False)
     self.apply_patch = tf.function(self._apply_patch, input_signature=[
@@ -84,6 +92,25 @@ class _Servable(tf.Module):
         tf.TensorSpec([], tf.bool, name="full"),
         tf.TensorSpec([], tf.int64, name="created_at"),
     ], autograph=False)
+    self.embedding_rows = tf.function(self._embedding_rows, input_signature=[
+        tf.TensorSpec([], tf.string, name="table"),
+        tf.TensorSpec([None], tf.int64, name="keys"),
+    ], autograph=False)
+    self.patch_watermark = tf.function(self._patch_watermark, input_signature=[
+        tf.TensorSpec([], tf.string, name="table")], autograph=False)
+
+  def _patch_watermark(self, table):
+    sequences = tf.constant([int(self.watermark.get(name, 0))
+                             for name in self._names], tf.int64)
+    return {"sequence": tf.gather(sequences, self._table_index(table))}
+
+  def _table_index(self, table):
+    names = tf.constant(self._names)
+    hits = tf.where(tf.equal(names, table))[:, 0]
+    check = tf.debugging.Assert(
+        tf.size(hits) == 1, ["no table named", table, "; tables:", names])
+    with tf.control_dependencies([check]):
+      return tf.cast(tf.reduce_min(hits), tf.int32)
 
   def _serve(self, features):
     outputs = self.model(features, training=False)
@@ -99,20 +126,31 @@ class _Servable(tf.Module):
     return outputs
 
   def _apply_patch(self, table, keys, values, evicted, full, created_at):
-    names = tf.constant(self._names)
-    hits = tf.where(tf.equal(names, table))[:, 0]
-    check = tf.debugging.Assert(
-        tf.size(hits) == 1, ["apply_patch: no table named", table,
-                             "; tables:", names])
-    with tf.control_dependencies([check]):
-      index = tf.cast(tf.reduce_min(hits), tf.int32)
 
     def branch(layer):
       return lambda: layer.apply_patch_tensors(keys, values, evicted, full,
                                                created_at)
 
-    changed = tf.switch_case(index, [branch(t) for t in self.tables])
+    changed = tf.switch_case(self._table_index(table),
+                             [branch(t) for t in self.tables])
     return {"changed": changed}
+
+  def _embedding_rows(self, table, keys):
+
+    def branch(layer):
+
+      def read():
+        rows = layer.table.lookup_flat(keys)
+        present = rows >= 0
+        values = tf.gather(layer.embeddings, tf.where(present, rows, 0))
+        values = values * tf.cast(present, values.dtype)[:, tf.newaxis]
+        return tf.cast(values, tf.float32), present
+
+      return read
+
+    values, present = tf.switch_case(self._table_index(table),
+                                      [branch(t) for t in self.tables])
+    return {"values": values, "present": present}
 
 
 def export_saved_model(model: tf.keras.Model,
@@ -158,6 +196,7 @@ def export_saved_model(model: tf.keras.Model,
   if watermark is None:
     watermark = {t.name: int(t.patch_sequence.numpy())
                  for t in servable.tables}
+  servable.watermark = {str(k): int(v) for k, v in dict(watermark).items()}
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   staging = os.path.join(parent, f".{os.path.basename(path)}.tmp")
@@ -166,6 +205,8 @@ def export_saved_model(model: tf.keras.Model,
     tf.saved_model.save(servable, staging, signatures={
         "serving_default": servable.serve.get_concrete_function(),
         "apply_patch": servable.apply_patch.get_concrete_function(),
+        "embedding_rows": servable.embedding_rows.get_concrete_function(),
+        "patch_watermark": servable.patch_watermark.get_concrete_function(),
     })
   os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
   with open(os.path.join(staging, WATERMARK_FILE), "w",

@@ -354,9 +354,11 @@ class OnlineTrainer:
       if table.ttl_seconds is not None:
         table.expire()
       patch = table.export_patch(self.model_name, watermark)
+      # Keyed by table: a table's patches share a partition, so readers
+      # see them in sequence order however many partitions the topic has.
+      key = f"{self.model_name}/{table.name}".encode("utf-8")
       for chunk in patch.to_chunks(self.max_chunk_bytes):
-        self._producer.send(self.topics.patches, chunk,
-                            key=patch.patch_id.encode("utf-8"))
+        self._producer.send(self.topics.patches, chunk, key=key)
         self.stats.patch_bytes += len(chunk)
       self.stats.patches += 1
       self.stats.patch_rows += len(patch)
