@@ -194,7 +194,9 @@ class Sidecar:
     self._version: Optional[int] = None   # The version patches go to.
     self._applied: Dict[str, int] = {}     # Per table, for `_version`.
     self._seen: Dict[str, int] = {}        # Newest sequence read, per table.
-    self._fingerprints: Dict[str, Tuple[int, int]] = {}   # key, value CRC.
+    # Per table, a key written last and the CRCs its served value may have
+    # (-1: absent); anything else means the server lost our patches.
+    self._fingerprints: Dict[str, Tuple[int, List[int]]] = {}
     self._index: Dict[str, "collections.OrderedDict[int, Tuple[int, int]]"]
     self._index = collections.defaultdict(collections.OrderedDict)
     self._pending: Dict[str, Dict[int, streams.Record]] = {}
@@ -237,8 +239,8 @@ class Sidecar:
     self._version = state["version"]
     self._applied = {t: int(s) for t, s in state["applied"].items()}
     self._seen = {t: int(s) for t, s in state["seen"].items()}
-    self._fingerprints = {t: (int(k), int(c)) for t, (k, c) in
-                          state["fingerprints"].items()}
+    self._fingerprints = {t: (int(k), [int(c) for c in crcs]) for t, (
+        k, crcs) in state["fingerprints"].items()}
     return True
 
   def _remember(self, table, sequence, partition, offset, write=True):
@@ -271,7 +273,8 @@ class Sidecar:
         "version": self._version,
         "applied": self._applied,
         "seen": self._seen,
-        "fingerprints": {t: list(v) for t, v in self._fingerprints.items()},
+        "fingerprints": {t: [k, list(c)] for t, (k, c) in
+                         self._fingerprints.items()},
     })
     now = time.monotonic()
     if now - self._last_commit >= 1.0:
@@ -299,9 +302,9 @@ class Sidecar:
 
   def _rows_intact(self) -> bool:
     """Whether the served rows still hold the last values written."""
-    for table, (key, crc) in self._fingerprints.items():
+    for table, (key, crcs) in self._fingerprints.items():
       values, present = self.client.rows(table, [key], version=self._version)
-      if not present[0] or _row_crc(values[0]) != crc:
+      if (_row_crc(values[0]) if present[0] else -1) not in crcs:
         logging.warning("served table %r lost its patches (key %d): the "
                         "server restarted or reloaded", table, key)
         return False
@@ -426,6 +429,8 @@ class Sidecar:
     step_evicted = max(1, room // 8)
     empty_values = np.zeros([0, max(patch.dim, 1)], np.float32)
     out = []
+    if not (len(patch) or len(patch.evicted) or patch.full):
+      return out          # Nothing changed: no request at all.
     if len(patch) + 1 <= step_keys and (
         8 * len(patch.evicted) + per_key * len(patch) <= room):
       return [(patch.keys, patch.values if len(patch) else empty_values,
@@ -455,6 +460,7 @@ class Sidecar:
       logging.warning("patch %s follows sequence %d: sequences %d-%d never "
                       "arrived intact", patch.patch_id, applied, applied + 1,
                       patch.sequence - 1)
+    self._expect_fingerprint(patch)
     while True:
       try:
         changed = 0
@@ -474,11 +480,35 @@ class Sidecar:
     self._applied[table] = patch.sequence
     if len(patch):
       self._fingerprints[table] = (int(patch.keys[-1]),
-                                   _row_crc(patch.values[-1]))
-    elif table in self._fingerprints and len(patch.evicted):
-      if self._fingerprints[table][0] in set(patch.evicted.tolist()):
-        del self._fingerprints[table]
+                                   [_row_crc(patch.values[-1])])
+    elif table in self._fingerprints:
+      key, crcs = self._fingerprints[table]
+      after = self._fingerprint_after(patch, key)
+      self._fingerprints[table] = (key, crcs if after is None else [after])
     return True
+
+  @staticmethod
+  def _fingerprint_after(patch, key) -> Optional[int]:
+    """The CRC `key` has once `patch` is applied (-1: absent; None:
+    unchanged)."""
+    if patch.full and key not in patch.keys:
+      return -1
+    where = np.flatnonzero(patch.keys == key)
+    if len(where):
+      return _row_crc(patch.values[where[0]])
+    return -1 if key in patch.evicted else None
+
+  def _expect_fingerprint(self, patch):
+    """Before `patch` changes a table's fingerprint row, records that its
+    new value is expected too: a crash half-way must not look like a
+    server restart."""
+    if patch.table_name not in self._fingerprints:
+      return
+    key, crcs = self._fingerprints[patch.table_name]
+    after = self._fingerprint_after(patch, key)
+    if after is not None and after not in crcs:
+      self._fingerprints[patch.table_name] = (key, crcs + [after])
+      self._save_state()
 
   def _apply_ready(self) -> bool:
     """Applies the patches read so far; False if the server is down."""
