@@ -39,10 +39,12 @@ score before the user's own row arrives. That "naive" figure is reported
 beside, for comparison.) Events not seen within `--timeout` s count as
 timeouts (+inf in the percentiles).
 
-Where the time goes is measured too, per event: produce (send + flush),
-until the trainer trained it, until the patch holding it was published,
-until the sidecar's `apply_patch` request holding its row returned, and
-until the poller saw the change. The first `--warmup` events are not
+Where the time goes is measured too, per event (`stages_s`): `produce`
+(send + flush), `to_trained` (until the trainer's batch holding it
+returned), `to_published` (until the sync publishing it began: the wait for
+the sparse tick), `to_applied` (publish, Kafka, the sidecar, until its
+`apply_patch` request holding the user's row returned) and `to_observed`
+(until the poller saw the change). The first `--warmup` events are not
 counted.
 
 Target: p99 <= 5 s at a 1 s sparse interval (printed; not enforced).
@@ -240,7 +242,7 @@ class Poller:
     self._stop = threading.Event()
 
   def scores(self, users):
-    """Served scores of (control, *users) with the item, and the time."""
+    """Served scores of (control, *users) with the item: [1 + n, 1]."""
     users = [self.control] + list(users)
     outputs = self.client.predict({
         "user_id": np.array([u.encode() for u in users], object),
@@ -259,6 +261,18 @@ class Poller:
   def stop(self):
     self._stop.set()
 
+  def _done(self, events):
+    with self._lock:
+      for event in events:
+        self._pending.pop(event.index, None)
+
+  def _expire(self, events, now):
+    late = [e for e in events
+            if e.changed is None and now - e.produced > self.timeout]
+    for event in late:
+      event.timed_out = True
+    self._done(late)
+
   def run(self):
     while not self._stop.is_set():
       with self._lock:
@@ -272,10 +286,11 @@ class Poller:
       except client_lib.ServingError as error:
         self.errors += 1
         self.error = str(error)
+        self._expire(events, time.perf_counter())
         self._stop.wait(self.interval)
         continue
       got = time.perf_counter()
-      self.round_trips.append(got - sent)
+      self.round_trips.append((sent, got - sent))
       control = scores[0]
       done = []
       for event, score in zip(events, scores[1:]):
@@ -284,13 +299,8 @@ class Poller:
         if not np.array_equal(score, control):
           event.changed = got
           done.append(event)
-        elif got - event.produced > self.timeout:
-          event.timed_out = True
-          done.append(event)
-      if done:
-        with self._lock:
-          for event in done:
-            self._pending.pop(event.index, None)
+      self._done(done)
+      self._expire(events, got)
       self._stop.wait(max(0.0, self.interval - (time.perf_counter() - sent)))
 
 
@@ -410,9 +420,9 @@ def main():
     kafka_broker = load_kafka_broker_module()
     kafka_broker.fetch(quiet=True)
     broker = kafka_broker.KafkaBroker(tmp / "kafka")
+    stack.callback(broker.stop)
     started = time.perf_counter()
     broker.start()
-    stack.callback(broker.stop)
     print(f"Kafka broker at {broker.bootstrap_servers} "
           f"({time.perf_counter() - started:.1f} s)", flush=True)
     transport = streams.open_transport(f"kafka://{broker.bootstrap_servers}")
@@ -543,8 +553,9 @@ def main():
       "to_applied": stage(timed, "published", "applied"),
       "to_observed": stage(timed, "applied", "changed"),
   }
-  round_trips = percentiles(poller.round_trips, (50, 90, 99))
   window = timed[0].produced
+  round_trips = [t for s, t in poller.round_trips if s >= window]
+  round_trip = percentiles(round_trips, (50, 90, 99))
   batches = [(seconds, n) for start, seconds, n in recorder.batches
              if start >= window]
   sizes = {}
@@ -559,10 +570,10 @@ def main():
   print("stages (p50 / p90 s): " + ", ".join(
       f"{name} {fmt(s['p50'])} / {fmt(s['p90'])}"
       for name, s in stages.items() if s is not None))
-  print(f"poll round trip p50 {fmt(round_trips['p50'])} s over "
-        f"{len(poller.round_trips)} Predicts; sidecar applied "
-        f"{sidecar_metrics['patches_applied']:.0f} patches in "
-        f"{sidecar_metrics['requests']:.0f} requests")
+  print(f"poll round trip p50 {fmt(round_trip['p50'])} s over "
+        f"{len(round_trips)} Predicts; sidecar applied "
+        f"{sidecar_metrics.get('patches_applied', 0):.0f} patches in "
+        f"{sidecar_metrics.get('requests', 0):.0f} requests")
   print(f"target p99 <= {TARGET_P99_S} s at a {args.sparse_interval} s "
         f"sparse interval: {'met' if met else 'NOT met'} "
         f"(wall time {wall:.1f} s)", flush=True)
@@ -581,10 +592,10 @@ def main():
       "naive_freshness_s": percentiles(naive),
       "default_score_mismatches": default_mismatch,
       "stages_s": stages,
-      "poll": {"predicts": len(poller.round_trips),
+      "poll": {"predicts": len(round_trips),
                "errors": poller.errors,
                "round_trip_ms": {k: None if v is None else round(v * 1000, 2)
-                                 for k, v in round_trips.items()}},
+                                 for k, v in round_trip.items()}},
       "trainer": {"examples": trainer_stats.examples,
                   "batches": trainer_stats.batches,
                   "patches": trainer_stats.patches,
@@ -599,7 +610,7 @@ def main():
                       [e - s for s, e in recorder.publishes], (50, 90)),
                   "checkpoint_s": percentiles(recorder.checkpoints,
                                               (50, 90))},
-      "sidecar": {k: sidecar_metrics[k] for k in (
+      "sidecar": {k: sidecar_metrics.get(k) for k in (
           "patches_applied", "patches_skipped", "patches_failed",
           "patches_corrupt", "requests", "rows_changed", "replays",
           "serving_errors", "retries", "lag_records", "lag_seconds",

@@ -17,7 +17,8 @@ Needs the `[serving]` extra (`tensorflow-serving-api`, `grpcio`):
 
 * `ServingClient`: calls a model's signatures on a TF Serving server;
 * `Sidecar`: applies the trainer's embedding patches to the served model,
-  without a reload (`tfrs-monolith sidecar`).
+  without a reload (`tfrs-monolith sidecar`);
+* `warmup_requests`: TF Serving warm-up records for those signatures.
 """
 
 try:
@@ -35,6 +36,7 @@ from tfrs_monolith.serving.client import ServingRejected
 from tfrs_monolith.serving.client import ServingUnavailable
 from tfrs_monolith.serving.sidecar import Sidecar
 from tfrs_monolith.serving.sidecar import SidecarStats
+from tfrs_monolith.serving.warmup import warmup_requests
 
 __all__ = ["ServingClient", "ServingError", "ServingRejected",
-           "ServingUnavailable", "Sidecar", "SidecarStats"]
+           "ServingUnavailable", "Sidecar", "SidecarStats", "warmup_requests"]

@@ -158,7 +158,8 @@ def export_saved_model(model: tf.keras.Model,
                        watermark: Optional[Mapping[str, int]] = None,
                        feature_spec: Optional[Mapping] = None,
                        serving_features: Optional[Sequence[str]] = None,
-                       negative_sampling_rate: Optional[float] = None):
+                       negative_sampling_rate: Optional[float] = None,
+                       assets_extra: Optional[Mapping[str, bytes]] = None):
   """Writes `model` as one TF Serving version directory at `path`.
 
   Args:
@@ -177,12 +178,26 @@ def export_saved_model(model: tf.keras.Model,
       NegativeSample`), its outputs are taken as logits and the serving
       signature also returns `<output>_corrected` (`logit + log(rate)`) and
       `<output>_probability` (their sigmoid) for each output.
+    assets_extra: more files for `assets.extra/`, `{name: bytes}`, written
+      before the version appears; e.g. TF Serving's warm-up requests
+      `{"tf_serving_warmup_requests": tfrs_monolith.serving.
+      warmup_requests(...)}`.
 
   Returns:
     `path`.
   """
   if os.path.exists(path):
     raise FileExistsError(f"export path exists: {path}")
+  assets_extra = dict(assets_extra or {})
+  for name, data in assets_extra.items():
+    if (not isinstance(name, str) or not name or os.sep in name or
+        name.startswith(".") or name == os.path.basename(WATERMARK_FILE)):
+      raise ValueError("`assets_extra` names must be plain file names other "
+                       f"than {os.path.basename(WATERMARK_FILE)!r}. "
+                       f"Received: {name!r}")
+    if not isinstance(data, (bytes, bytearray)):
+      raise TypeError(f"`assets_extra[{name!r}]` must be bytes. Received: "
+                      f"{type(data).__name__}")
   if feature_spec is None:
     from tfrs_monolith import online  # pylint: disable=g-import-not-at-top
     feature_spec = online.DEFAULT_FEATURE_SPEC
@@ -212,5 +227,8 @@ def export_saved_model(model: tf.keras.Model,
   with open(os.path.join(staging, WATERMARK_FILE), "w",
             encoding="utf-8") as f:
     json.dump({"watermark": dict(watermark)}, f, sort_keys=True)
+  for name, data in assets_extra.items():
+    with open(os.path.join(staging, "assets.extra", name), "wb") as f:
+      f.write(data)
   os.rename(staging, path)
   return path

@@ -12,11 +12,13 @@ import model_server
 import online_model
 import saved_model_checks
 import sidecar_helpers as helpers
+from tfrs_monolith import export
 from tfrs_monolith import hashing
 from tfrs_monolith import patch as patch_lib
 from tfrs_monolith import streams
 from tfrs_monolith.serving import client as client_lib
 from tfrs_monolith.serving import sidecar as sidecar_lib
+from tfrs_monolith.serving import warmup
 
 MODEL = helpers.MODEL
 
@@ -53,12 +55,25 @@ def served(tmp_path):
         yield transport, trainer, server, client
 
 
-def test_exported_signatures_use_core_ops_only(served, tmp_path):
-  del served
-  [version] = helpers.version_dirs(tmp_path / "base")
+def test_exported_versions_load_warm_and_use_core_ops_only(served, tmp_path):
+  _, trainer, server, client = served
+  [first] = helpers.version_dirs(tmp_path / "base")
+  path = export.export_saved_model(
+      trainer.model, str(tmp_path / "base" / str(first + 1)),
+      assets_extra={warmup.WARMUP_FILE: warmup.warmup_requests(
+          MODEL, {"user_id": ["1", "2"], "item_id": ["3", "4"]},
+          tables=["user", "item"], repeat=2)})
+  server.wait_ready(version=first + 1)
+  assert "replayed 8 warm-up records" in server.log_tail(200)
+  # The warm-up patches are empty: nothing changed.
+  assert not client.rows("user", hashing.to_keys(["1"]).numpy())[1].any()
+  assert client.watermark("user") == 0
   saved_model_checks.assert_servable(
-      str(tmp_path / "base" / str(version)),
-      ("serving_default", "apply_patch", "embedding_rows", "patch_watermark"))
+      path, ("serving_default", "apply_patch", "embedding_rows",
+             "patch_watermark"))
+  with pytest.raises(ValueError, match="assets_extra"):
+    export.export_saved_model(trainer.model, str(tmp_path / "x"),
+                              assets_extra={"watermark.json": b"{}"})
 
 
 def test_patches_reach_the_served_model(served, tmp_path):
