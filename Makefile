@@ -31,6 +31,7 @@ bench: $(STAMP) kafka-fetch
 	$(PY) benchmarks/patch.py
 	$(PY) benchmarks/online.py
 	$(PY) benchmarks/join.py
+	$(PY) benchmarks/freshness.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

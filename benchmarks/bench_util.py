@@ -117,7 +117,8 @@ def _git(*args: str) -> Optional[str]:
 
 # The library as imported at start, in case the checkout changes meanwhile.
 _GIT_COMMIT = _git("rev-parse", "--short", "HEAD")
-_GIT_STATUS = _git("status", "--porcelain", "--", "tfrs_monolith")
+_GIT_STATUS = _git("status", "--porcelain", "--", "tfrs_monolith", "beam",
+                   "serving")
 
 
 def environment() -> Dict[str, object]:

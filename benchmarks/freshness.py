@@ -77,6 +77,7 @@ from tfrs_monolith import online
 from tfrs_monolith import streams
 from tfrs_monolith.serving import client as client_lib
 from tfrs_monolith.serving import sidecar as sidecar_lib
+from tfrs_monolith.serving import warmup
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The stand-in model server and the tests' model live in tests/. Appended
@@ -447,7 +448,12 @@ def main():
     stack.callback(trainer.close)
     trainer.run(max_examples=args.background)
     warm_seconds = 0.0 if args.cold else warm_batch_sizes(trainer, args)
-    export.export_saved_model(model, str(base / "1"))
+    # Warm-up requests: the version's first patch is not slowed by the
+    # first run of `apply_patch` in the server's new session.
+    export.export_saved_model(model, str(base / "1"), assets_extra={
+        warmup.WARMUP_FILE: warmup.warmup_requests(
+            MODEL, {"user_id": ["0"], "item_id": ["0"]},
+            tables=["user", "item"])})
     print(f"pre-trained on {trainer.stats.examples} examples (batch sizes "
           f"compiled in {warm_seconds:.1f} s) and exported version 1 "
           f"({time.perf_counter() - started:.1f} s)", flush=True)
