@@ -220,13 +220,18 @@ class Sidecar:
 
   def _load_state(self) -> bool:
     if os.path.exists(self._index_path):
+      lines = 0
       with open(self._index_path, encoding="utf-8") as f:
         for line in f:
+          lines += 1
           try:
             table, sequence, partition, offset = json.loads(line)
           except ValueError:
             continue        # A line cut short by a crash.
           self._remember(table, sequence, partition, offset, write=False)
+      kept = sum(len(entries) for entries in self._index.values())
+      if lines > 2 * kept + 1000:
+        self._compact_index()
     if not os.path.exists(self._state_path):
       # No position of our own: read the topic from its start, skipping
       # what the served version already holds.
@@ -242,6 +247,17 @@ class Sidecar:
     self._fingerprints = {t: (int(k), [int(c) for c in crcs]) for t, (
         k, crcs) in state["fingerprints"].items()}
     return True
+
+  def _compact_index(self):
+    """Rewrites the index file with only the entries kept in memory."""
+    tmp = f"{self._index_path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      for table, entries in self._index.items():
+        for sequence, (partition, offset) in entries.items():
+          f.write(json.dumps([table, sequence, partition, offset]) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, self._index_path)
 
   def _remember(self, table, sequence, partition, offset, write=True):
     entries = self._index[table]

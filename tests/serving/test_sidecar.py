@@ -235,3 +235,16 @@ def test_bad_settings_name_the_argument(tmp_path, kwargs, message):
     sidecar_lib.Sidecar(client, transport, str(tmp_path / "state"), **kwargs)
   with pytest.raises(ValueError, match="target"):
     client_lib.ServingClient("nohostport", MODEL)
+
+
+def test_patch_index_survives_a_torn_line_and_is_compacted(tmp_path):
+  state = tmp_path / "state"
+  state.mkdir()
+  lines = ['["user", %d, 0, %d]\n' % (k % 5 + 1, k % 5) for k in range(3000)]
+  (state / "index.jsonl").write_text("".join(lines) + '["user", 6, 0')
+  transport = streams.FileTransport(str(tmp_path / "topics"))
+  client = client_lib.ServingClient("127.0.0.1:1", MODEL)
+  with sidecar_lib.Sidecar(client, transport, str(state)):
+    pass
+  entries = [line for line in (state / "index.jsonl").read_text().splitlines()]
+  assert sorted(entries) == [f'["user", {s}, 0, {s - 1}]' for s in range(1, 6)]
