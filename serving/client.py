@@ -15,8 +15,8 @@
 
 `ServingClient` speaks to a stock `tensorflow_model_server` through the
 stubs of `tensorflow-serving-api`: `PredictionService.Predict` runs the
-`serving_default`, `apply_patch`, `embedding_rows` and `patch_watermark`
-signatures (`tfrs_monolith.export`), and `ModelService.GetModelStatus`
+`serving_default`, `apply_patch`, `embedding_rows`, `table_keys` and
+`patch_watermark` signatures (`tfrs_monolith.export`), and `ModelService.GetModelStatus`
 says which versions are loaded.
 
 Every call has a deadline. Calls that fail for a passing reason
@@ -244,6 +244,12 @@ class ServingClient:
         "keys": np.asarray(keys, np.int64).reshape([-1]),
     }, signature="embedding_rows", version=version)
     return outputs["values"], outputs["present"].astype(bool)
+
+  def table_keys(self, table: str, version: Optional[int] = None) -> np.ndarray:
+    """Every live key of the served `table`."""
+    outputs = self.predict({"table": np.array(table, dtype=object)},
+                           signature="table_keys", version=version)
+    return outputs["keys"].astype(np.int64)
 
   def watermark(self, table: str, version: Optional[int] = None) -> int:
     """The last patch sequence of `table` included in the served version."""

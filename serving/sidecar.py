@@ -43,7 +43,10 @@ How it stays correct:
   failures (server down, timeouts) are retried, with backoff, until they
   succeed: nothing is skipped.
 * **Message limits.** Requests are split to stay under `max_request_bytes`;
-  if the server still refuses one as too large, the limit is halved.
+  if the server still refuses one as too large, the limit is halved. A
+  snapshot patch (`full`) too large for one request is upserted in parts,
+  then the served keys it does not list are removed (`table_keys`), so no
+  key it lists is ever missing from serving meanwhile.
 
 Metrics (`metrics()`, and `/metrics` in Prometheus text format when a
 `metrics_port` is given; `/healthz` answers 200 while the server is
@@ -455,12 +458,26 @@ class Sidecar:
       out.append((patch.keys[:0], empty_values,
                   patch.evicted[start:start + step_evicted], False))
     for start in range(0, len(patch), step_keys):
-      # A snapshot drops unlisted keys with its first part only; the parts
-      # after it add the rest.
+      # A snapshot in several parts upserts them all; `_drop_unlisted` then
+      # removes the keys it does not list.
       out.append((patch.keys[start:start + step_keys],
                   patch.values[start:start + step_keys], patch.evicted[:0],
-                  patch.full and start == 0))
+                  False))
     return out
+
+  def _drop_unlisted(self, patch: patch_lib.EmbeddingPatch) -> int:
+    """After a snapshot sent in parts: removes the served keys it lacks."""
+    served = self.client.table_keys(patch.table_name, version=self._version)
+    stale = np.setdiff1d(served, patch.keys)
+    step = max(1, (self.max_request_bytes - _REQUEST_OVERHEAD) // 8)
+    changed = 0
+    empty = np.zeros([0, max(patch.dim, 1)], np.float32)
+    for start in range(0, len(stale), step):
+      self.stats.requests += 1
+      changed += self.client.apply_patch(
+          patch.table_name, stale[:0], empty, stale[start:start + step],
+          False, patch.created_at, version=self._version)
+    return changed
 
   def _apply(self, patch: patch_lib.EmbeddingPatch) -> bool:
     """Applies `patch` to the served version; False if it was skipped."""
@@ -480,11 +497,14 @@ class Sidecar:
     while True:
       try:
         changed = 0
-        for keys, values, evicted, full in self._requests(patch):
+        requests = self._requests(patch)
+        for keys, values, evicted, full in requests:
           self.stats.requests += 1
           changed += self.client.apply_patch(
               table, keys, values, evicted, full, patch.created_at,
               version=self._version)
+        if patch.full and len(requests) > 1:
+          changed += self._drop_unlisted(patch)
         break
       except client_lib.TooLarge:
         if self.max_request_bytes <= 4 * _REQUEST_OVERHEAD:

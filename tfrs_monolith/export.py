@@ -26,6 +26,9 @@ stock `tensorflow_model_server` loads:
   `values` (float32 [n, dim], zeros where absent) and `present` (bool
   [n]): what the served table holds, to check a replica against the
   trainer (`tfrs_monolith.serving.ServingClient.rows`);
+* `table_keys`: `table` (string scalar) -> `keys` (int64 [n]): every live
+  key of the served table (a sidecar applying a snapshot patch in several
+  requests drops the keys it does not list with it);
 * `patch_watermark`: `table` (string scalar) -> `sequence` (int64): the
   last patch of that table the exported rows include, so that a sidecar
   with no access to the model's files knows which patches to replay;
@@ -98,6 +101,17 @@ class _Servable(tf.Module):
     ], autograph=False)
     self.patch_watermark = tf.function(self._patch_watermark, input_signature=[
         tf.TensorSpec([], tf.string, name="table")], autograph=False)
+    self.table_keys = tf.function(self._table_keys, input_signature=[
+        tf.TensorSpec([], tf.string, name="table")], autograph=False)
+
+  def _table_keys(self, table):
+
+    def branch(layer):
+      return lambda: tf.gather(layer.table.row_keys, layer.table.live_rows())
+
+    keys = tf.switch_case(self._table_index(table),
+                          [branch(t) for t in self.tables])
+    return {"keys": keys}
 
   def _patch_watermark(self, table):
     sequences = tf.constant([int(self.watermark.get(name, 0))
@@ -222,6 +236,7 @@ def export_saved_model(model: tf.keras.Model,
         "apply_patch": servable.apply_patch.get_concrete_function(),
         "embedding_rows": servable.embedding_rows.get_concrete_function(),
         "patch_watermark": servable.patch_watermark.get_concrete_function(),
+        "table_keys": servable.table_keys.get_concrete_function(),
     })
   os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
   with open(os.path.join(staging, WATERMARK_FILE), "w",

@@ -202,8 +202,26 @@ def test_requests_shrink_to_the_server_limit(served, tmp_path):
     target["user"] += 1
     helpers.run_until(sidecar, lambda: sidecar.applied_sequences == target)
     assert sidecar.max_request_bytes <= 65536
+    values, present = client.rows("user", user_keys)
+    assert present.all() and (values == 0.25).all()
+
+    # A snapshot of 1,500 keys, in 20 KB requests: the served table ends
+    # with exactly its keys.
+    sidecar.max_request_bytes = 20_000
+    snapshot = patch_lib.EmbeddingPatch(
+        keys=user_keys[500:], values=np.full([1500, 8], 0.5, np.float32),
+        model_name=MODEL, table_name="user", sequence=target["user"] + 1,
+        full=True)
+    _produce(transport, snapshot.to_chunks(), "patches")
+    target["user"] += 1
+    requests = sidecar.stats.requests
+    helpers.run_until(sidecar, lambda: sidecar.applied_sequences == target)
+    assert sidecar.stats.requests - requests > 2
+  np.testing.assert_array_equal(np.sort(client.table_keys("user")),
+                                user_keys[500:])
   values, present = client.rows("user", user_keys)
-  assert present.all() and (values == 0.25).all()
+  assert (present == (user_keys >= user_keys[500])).all()
+  assert (values[500:] == 0.5).all()
 
 
 def test_sidecar_reports_an_unreachable_server(tmp_path):
