@@ -122,27 +122,29 @@ def test_actions_change_served_scores_and_survive_a_dense_sync(loop,
           "the served score to change")
     fresh_after = time.monotonic() - sent
     # Keep the stream going until the trainer's dense sync is served.
-    for seed in range(40):
-      if sidecar.served_version not in (None, loop["first"]):
-        break
+    deadline = time.monotonic() + 180
+    seed = 100
+    while sidecar.served_version in (None, loop["first"]):
+      assert time.monotonic() < deadline, "no new version served"
       _produce(transport, topics.examples,
-               online_model.examples(100, seed=100 + seed, start=6000))
+               online_model.examples(50, seed=seed, start=6000))
+      seed += 1
       time.sleep(0.5)
-    assert sidecar.served_version != loop["first"], "no new version served"
   finally:
     trainer.stop()
     stats = training.join()
   target = helpers.sequences(trainer)
+  version = max(helpers.version_dirs(tmp_path / "base"))
   try:
-    _wait(lambda: sidecar.applied_sequences == target, 60,
-          f"sidecar to apply {target}")
+    loop["server"].wait_ready(version=version)
+    _wait(lambda: (sidecar.served_version == version and
+                   sidecar.applied_sequences == target), 60,
+          f"sidecar to apply {target} to version {version}")
   finally:
     sidecar.stop()
     applying.join()
     sidecar.close()
   assert stats.exports >= 1 and fresh_after < 30
-  version = sidecar.served_version
-  assert version == max(helpers.version_dirs(tmp_path / "base"))
   assert helpers.assert_served_equal(client, trainer.model,
                                      version=version) > 100
   assert sidecar.stats.replays >= 2
