@@ -197,6 +197,12 @@ class Sidecar:
     self._version: Optional[int] = None   # The version patches go to.
     self._applied: Dict[str, int] = {}     # Per table, for `_version`.
     self._seen: Dict[str, int] = {}        # Newest sequence read, per table.
+    # Offsets read per partition, and the records read for the first time
+    # that are not done yet: a replay re-reads records, but dead-letters
+    # (and counts) each bad one once.
+    self._read_to: Dict[int, int] = {}
+    self._fresh = set()
+    self._gaps = set()
     # Per table, a key written last and the CRCs its served value may have
     # (-1: absent); anything else means the server lost our patches.
     self._fingerprints: Dict[str, Tuple[int, List[int]]] = {}
@@ -247,6 +253,9 @@ class Sidecar:
     self._version = state["version"]
     self._applied = {t: int(s) for t, s in state["applied"].items()}
     self._seen = {t: int(s) for t, s in state["seen"].items()}
+    # After a crash, records past the saved position count as unread: a bad
+    # one may be dead-lettered twice, never not at all.
+    self._read_to = {int(p): int(o) for p, o in state["offsets"].items()}
     self._fingerprints = {t: (int(k), [int(c) for c in crcs]) for t, (
         k, crcs) in state["fingerprints"].items()}
     return True
@@ -322,7 +331,16 @@ class Sidecar:
   def _rows_intact(self) -> bool:
     """Whether the served rows still hold the last values written."""
     for table, (key, crcs) in self._fingerprints.items():
-      values, present = self.client.rows(table, [key], version=self._version)
+      try:
+        values, present = self.client.rows(table, [key],
+                                           version=self._version)
+      except client_lib.TooLarge:
+        raise
+      except client_lib.ServingRejected as error:
+        if error.code is not None and error.code.name == "NOT_FOUND":
+          raise               # The version went away: check again later.
+        logging.warning("cannot read table %r back: %s", table, error)
+        return False
       if (_row_crc(values[0]) if present[0] else -1) not in crcs:
         logging.warning("served table %r lost its patches (key %d): the "
                         "server restarted or reloaded", table, key)
@@ -336,6 +354,7 @@ class Sidecar:
       version = self.client.served_version()
       if version is None:
         self._serving_ok = False
+        self._needs_check = True
         return
       if version != self._version:
         self._switch(version, f"version {version} is served")
@@ -388,6 +407,7 @@ class Sidecar:
                  " from the start of the topic" if rewind else "")
     self._version = version
     self._applied = marks
+    self._fingerprints.clear()     # Set again by the next patch applied.
     self._pending.clear()
     self._ready.clear()
     self._consumer.seek(offsets)
@@ -396,22 +416,42 @@ class Sidecar:
 
   # ---------------------------------------------------------------- patches
 
-  def _dead_letter(self, records: List[streams.Record], reason: str):
+  def _done(self, records: List[streams.Record]):
+    self._fresh.difference_update((r.partition, r.offset) for r in records)
+
+  def _dead_letter(self, records: List[streams.Record], reason: str) -> bool:
+    """Sends `records` to the dead-letter topic, unless a replay went back
+    over them and they were sent already."""
+    first = any((r.partition, r.offset) in self._fresh for r in records)
+    self._done(records)
+    if not first:
+      return False
     for record in records:
       self._dead.send(record, reason)
       self.stats.dead_letters += 1
+    return True
 
   def _receive(self, record: streams.Record):
+    if record.offset >= self._read_to.get(record.partition, 0):
+      self._fresh.add((record.partition, record.offset))
+    try:
+      self._assemble(record)
+    finally:
+      self._read_to[record.partition] = max(
+          self._read_to.get(record.partition, 0), record.offset + 1)
+
+  def _assemble(self, record: streams.Record):
     try:
       patch_id, index, count, *_ = patch_lib.EmbeddingPatch.read_chunk(
           record.value)
       model, table, sequence = _parse_patch_id(patch_id)
     except (patch_lib.PatchError, ValueError) as error:
-      self.stats.patches_corrupt += 1
-      self._dead_letter([record], f"corrupt_patch: {error}")
+      if self._dead_letter([record], f"corrupt_patch: {error}"):
+        self.stats.patches_corrupt += 1
       return
     if model != self.patch_model:
       self.stats.patches_foreign += 1
+      self._done([record])
       return
     chunks = self._pending.setdefault(patch_id, {})
     chunks[index] = record
@@ -424,14 +464,14 @@ class Sidecar:
     for other in [p for p in self._pending if
                   p.rsplit("/", 1)[0] == f"{model}/{table}" and
                   _parse_patch_id(p)[2] < sequence]:
-      self.stats.patches_corrupt += 1
-      self._dead_letter(list(self._pending.pop(other).values()),
-                        f"incomplete_patch: {other} lost chunks")
+      if self._dead_letter(list(self._pending.pop(other).values()),
+                           f"incomplete_patch: {other} lost chunks"):
+        self.stats.patches_corrupt += 1
     try:
       patch = patch_lib.EmbeddingPatch.from_chunks(r.value for r in records)
     except patch_lib.PatchError as error:
-      self.stats.patches_corrupt += 1
-      self._dead_letter(records, f"corrupt_patch: {error}")
+      if self._dead_letter(records, f"corrupt_patch: {error}"):
+        self.stats.patches_corrupt += 1
       return
     self._seen[table] = max(self._seen.get(table, 0), sequence)
     first = records[0]
@@ -488,7 +528,9 @@ class Sidecar:
     if patch.sequence <= applied:
       self.stats.patches_skipped += 1
       return False
-    if patch.sequence > applied + 1:
+    if patch.sequence > applied + 1 and (
+        table, patch.sequence) not in self._gaps:
+      self._gaps.add((table, patch.sequence))     # Once, however replayed.
       self.stats.sequence_gaps += 1
       logging.warning("patch %s follows sequence %d: sequences %d-%d never "
                       "arrived intact", patch.patch_id, applied, applied + 1,
@@ -559,12 +601,13 @@ class Sidecar:
         if error.code is not None and error.code.name == "NOT_FOUND":
           self._serving_down(error)     # The version went away.
           return False
-        self.stats.patches_failed += 1
-        self._dead_letter(records, f"rejected_patch: {error}")
+        if self._dead_letter(records, f"rejected_patch: {error}"):
+          self.stats.patches_failed += 1
         self._ready.popleft()
         self._save_state()
         continue
       self._ready.popleft()
+      self._done(records)
       if applied:
         self.stats.patches_applied += 1
         self._last_latency = max(

@@ -150,7 +150,7 @@ def test_new_version_never_rolls_rows_back(served, tmp_path):
 
 
 def test_corrupt_patches_go_to_dead_letters(served, tmp_path):
-  transport, trainer, _, client = served
+  transport, trainer, server, client = served
   _produce(transport, online_model.examples(400, seed=5))
   trainer.run(idle_timeout=0.5)
   good = helpers.sequences(trainer)
@@ -173,8 +173,19 @@ def test_corrupt_patches_go_to_dead_letters(served, tmp_path):
                            str(tmp_path / "state")) as sidecar:
     helpers.run_until(sidecar, lambda: sidecar.applied_sequences == target)
     stats = sidecar.stats
+    assert (stats.patches_corrupt, stats.patches_failed) == (1, 1)
+    # A version from before every patch: the replay reads the bad patches
+    # again, but they are dead-lettered (and counted) once.
+    newer = max(helpers.version_dirs(tmp_path / "base")) + 1
+    export.export_saved_model(trainer.model,
+                              str(tmp_path / "base" / str(newer)),
+                              watermark={"user": 0, "item": 0})
+    server.wait_ready(version=newer)
+    helpers.run_until(sidecar, lambda: (sidecar.served_version == newer and
+                                        sidecar.applied_sequences == target))
+    helpers.assert_served_equal(client, trainer.model)
   assert (stats.patches_corrupt, stats.patches_failed) == (1, 1)
-  assert stats.sequence_gaps == 1
+  assert stats.sequence_gaps == 1 and stats.dead_letters == 2
   letters = _dead_letters(transport)
   reasons = sorted(l["reason"].split(":")[0] for l in letters)
   assert reasons == ["corrupt_patch", "rejected_patch"]
