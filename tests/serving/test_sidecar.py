@@ -42,17 +42,17 @@ def served(tmp_path):
   server, client)."""
   transport = streams.FileTransport(str(tmp_path / "topics"))
   transport.create_topics(["examples"])
-  with helpers.make_trainer(transport, tmp_path) as trainer:
+  # The server starts first: its start-up overlaps the export.
+  server = model_server.ModelServer(
+      str(tmp_path / "base"), MODEL, poll_seconds=0.2,
+      channel_arguments={"grpc.max_receive_message_length": 65536},
+      apply_log=str(tmp_path / "applied.jsonl"))
+  with server, helpers.make_trainer(transport, tmp_path) as trainer:
     first = trainer.export()
-    server = model_server.ModelServer(
-        str(tmp_path / "base"), MODEL, poll_seconds=0.2,
-        channel_arguments={"grpc.max_receive_message_length": 65536},
-        apply_log=str(tmp_path / "applied.jsonl"))
-    with server:
-      server.wait_ready(version=int(os.path.basename(first)))
-      with client_lib.ServingClient(server.address, MODEL,
-                                    timeout=20.0) as client:
-        yield transport, trainer, server, client
+    server.wait_ready(version=int(os.path.basename(first)))
+    with client_lib.ServingClient(server.address, MODEL,
+                                  timeout=20.0) as client:
+      yield transport, trainer, server, client
 
 
 def test_exported_versions_load_warm_and_use_core_ops_only(served, tmp_path):

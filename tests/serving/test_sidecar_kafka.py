@@ -69,19 +69,20 @@ def loop(kafka_broker, kafka_topic_prefix, tmp_path):
       f"kafka://{kafka_broker.bootstrap_servers}")
   topics = _topics(kafka_topic_prefix)
   transport.create_topics([topics.examples])
-  with helpers.make_trainer(transport, tmp_path, topics=topics,
-                            group_id=f"{kafka_topic_prefix}trainer",
-                            poll_timeout=0.1) as trainer:
+  # The server starts first: its start-up overlaps the export.
+  server = model_server.ModelServer(
+      str(tmp_path / "base"), MODEL, poll_seconds=0.2,
+      apply_log=str(tmp_path / "applied.jsonl"))
+  with server, helpers.make_trainer(
+      transport, tmp_path, topics=topics,
+      group_id=f"{kafka_topic_prefix}trainer", poll_timeout=0.1) as trainer:
     first = int(os.path.basename(trainer.export()))
-    with model_server.ModelServer(
-        str(tmp_path / "base"), MODEL, poll_seconds=0.2,
-        apply_log=str(tmp_path / "applied.jsonl")) as server:
-      server.wait_ready(version=first)
-      with client_lib.ServingClient(server.address, MODEL,
-                                    timeout=20.0) as client:
-        yield dict(transport=transport, topics=topics, trainer=trainer,
-                   server=server, client=client, first=first,
-                   prefix=kafka_topic_prefix, url=transport.url)
+    server.wait_ready(version=first)
+    with client_lib.ServingClient(server.address, MODEL,
+                                  timeout=20.0) as client:
+      yield dict(transport=transport, topics=topics, trainer=trainer,
+                 server=server, client=client, first=first,
+                 prefix=kafka_topic_prefix, url=transport.url)
 
 
 def _sidecar(loop, state_dir, **kwargs):
