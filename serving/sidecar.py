@@ -215,6 +215,7 @@ class Sidecar:
     self._next_status = 0.0
     self._backoff = 0.0
     self._last_commit = 0.0
+    self._saved = None            # The state last written, as JSON.
     self._lag = {"records": 0, "seconds": 0.0, "sequences": 0}
     self._last_latency = 0.0
     self.resumed = self._load_state()
@@ -294,7 +295,7 @@ class Sidecar:
   def _save_state(self):
     self._producer.flush()        # Dead letters first: nothing disappears.
     offsets = self._safe_offsets()
-    streams.write_json_atomic(self._state_path, {
+    state = {
         "model": self.model_name,
         "topic": self.topic,
         "offsets": {str(p): o for (_, p), o in offsets.items()},
@@ -303,7 +304,11 @@ class Sidecar:
         "seen": self._seen,
         "fingerprints": {t: [k, list(c)] for t, (k, c) in
                          self._fingerprints.items()},
-    })
+    }
+    text = json.dumps(state, sort_keys=True)
+    if text != self._saved:          # Unchanged state costs no fsync.
+      streams.write_json_atomic(self._state_path, state)
+      self._saved = text
     now = time.monotonic()
     if now - self._last_commit >= 1.0:
       self._last_commit = now
