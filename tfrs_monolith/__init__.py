@@ -42,11 +42,12 @@ from tfrs_monolith.embedding import CollisionlessEmbedding
 from tfrs_monolith.models import Model
 from tfrs_monolith.patch import EmbeddingPatch
 from tfrs_monolith.patch import PatchError
+from tfrs_monolith.patch import merge_patches
 from tfrs_monolith.table import CuckooHashTable
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CollisionlessEmbedding", "CountMinSketch", "CuckooHashTable",
-    "EmbeddingPatch", "Model", "PatchError", "__version__",
+    "EmbeddingPatch", "Model", "PatchError", "__version__", "merge_patches",
 ]

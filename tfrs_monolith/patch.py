@@ -17,11 +17,11 @@ import dataclasses
 import json
 import struct
 import zlib
-from typing import Dict, Iterable, List, Mapping
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["EmbeddingPatch", "PatchError", "FORMAT_VERSION",
+__all__ = ["EmbeddingPatch", "PatchError", "FORMAT_VERSION", "merge_patches",
            "DEFAULT_CHUNK_BYTES"]
 
 FORMAT_VERSION = 1
@@ -297,3 +297,63 @@ class EmbeddingPatch:
       raise PatchError(f"patch {patch_id!r} does not reassemble to its "
                        "checksum")
     return cls.deserialize(data)
+
+
+def merge_patches(patches: Sequence[EmbeddingPatch]) -> EmbeddingPatch:
+  """One patch that a replica applies in place of `patches`, in order.
+
+  Compacts a backlog of one table's patches (consecutive, in sequence
+  order): each key keeps its newest value, a key evicted after its last
+  upsert is listed as evicted only, and a snapshot (`full`) supersedes
+  everything before it. Applying the result gives the same table as
+  applying `patches` one by one, with one request instead of many.
+
+  Args:
+    patches: patches of one model and table, in increasing `sequence`.
+
+  Returns:
+    An `EmbeddingPatch` with the last patch's sequence, creation time and
+    watermark.
+
+  Raises:
+    ValueError: if `patches` is empty, mixes tables or dimensions, or is
+      not in increasing sequence order.
+  """
+  patches = list(patches)
+  if not patches:
+    raise ValueError("`patches` must hold at least one patch")
+  for p in patches:
+    if not isinstance(p, EmbeddingPatch):
+      raise TypeError("`patches` must hold tm.EmbeddingPatch objects. "
+                      f"Received: {type(p).__name__}")
+  first, last = patches[0], patches[-1]
+  names = {(p.model_name, p.table_name) for p in patches}
+  if len(names) > 1:
+    raise ValueError(f"`patches` must be of one model and table. Received: "
+                     f"{sorted(names)}")
+  sequences = [p.sequence for p in patches]
+  if any(b <= a for a, b in zip(sequences, sequences[1:])):
+    raise ValueError("`patches` must be in increasing sequence order. "
+                     f"Received sequences {sequences}")
+  dims = {p.dim for p in patches if len(p)}
+  if len(dims) > 1:
+    raise ValueError(f"`patches` mix embedding dimensions {sorted(dims)}")
+  dim = dims.pop() if dims else (first.values.shape[1])
+  start = max((i for i, p in enumerate(patches) if p.full), default=0)
+  latest = {}           # key -> (patch index, row) or None when evicted
+  for i, p in enumerate(patches[start:], start):
+    for key in p.evicted.tolist():
+      latest[key] = None
+    for row, key in enumerate(p.keys.tolist()):
+      latest[key] = (i, row)
+  keys = [k for k, where in latest.items() if where is not None]
+  values = (np.stack([patches[latest[k][0]].values[latest[k][1]]
+                      for k in keys]) if keys else
+            np.zeros([0, dim], np.float32))
+  evicted = [k for k, where in latest.items() if where is None]
+  return EmbeddingPatch(
+      keys=np.array(keys, np.int64), values=values,
+      evicted=np.array(evicted, np.int64), model_name=last.model_name,
+      table_name=last.table_name, sequence=last.sequence,
+      created_at=last.created_at, watermark=last.watermark,
+      full=patches[start].full)

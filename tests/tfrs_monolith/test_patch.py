@@ -1,7 +1,10 @@
 """Tests for `tfrs_monolith.EmbeddingPatch`."""
 
+import hypothesis
+from hypothesis import strategies as st
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfrs_monolith as tm
 
@@ -118,3 +121,83 @@ class TestValidation:
       _patch(table_name=3)
     with pytest.raises(TypeError, match="watermark"):
       _patch(watermark=[1, 2])
+
+
+def _apply_to_dict(rows, patch):
+  """What `CollisionlessEmbedding.apply_patch` does, on a dict."""
+  if patch.full:
+    listed = set(patch.keys.tolist())
+    for key in [k for k in rows if k not in listed]:
+      del rows[key]
+  for key in patch.evicted.tolist():
+    rows.pop(key, None)
+  for key, value in zip(patch.keys.tolist(), patch.values):
+    rows[key] = tuple(value.tolist())
+
+
+@st.composite
+def _patch_runs(draw):
+  runs = draw(st.lists(st.tuples(
+      st.sets(st.integers(0, 12), max_size=6),      # upserted keys
+      st.sets(st.integers(0, 12), max_size=3),      # evicted keys
+      st.booleans()), min_size=1, max_size=8))
+  patches = []
+  for sequence, (keys, evicted, full) in enumerate(runs, 1):
+    keys = sorted(keys)
+    patches.append(tm.EmbeddingPatch(
+        keys=np.array(keys, np.int64),
+        values=np.full([len(keys), 2], sequence, np.float32) +
+        np.array(keys, np.float32)[:, None] / 100,
+        evicted=np.array(sorted(evicted), np.int64), table_name="t",
+        sequence=sequence, created_at=100 + sequence,
+        watermark={"examples/0": sequence}, full=full and sequence % 3 == 0))
+  return patches
+
+
+class TestMergePatches:
+
+  @hypothesis.settings(max_examples=200, deadline=None)
+  @hypothesis.given(_patch_runs(), st.dictionaries(
+      st.integers(0, 12), st.just((0.0, 0.0)), max_size=8))
+  def test_merged_patch_gives_the_same_rows(self, patches, start):
+    one_by_one, merged = dict(start), dict(start)
+    for patch in patches:
+      _apply_to_dict(one_by_one, patch)
+    result = tm.merge_patches(patches)
+    _apply_to_dict(merged, result)
+    assert merged == one_by_one
+    assert result.sequence == patches[-1].sequence
+    assert result.watermark == patches[-1].watermark
+    assert result.created_at == patches[-1].created_at
+
+  def test_merged_patch_on_a_replica_table(self):
+    trainer = tm.CollisionlessEmbedding(4, capacity=64, name="t")
+    one_by_one = tm.CollisionlessEmbedding(4, capacity=64, name="t")
+    merged = tm.CollisionlessEmbedding(4, capacity=64, name="t")
+    patches = []
+    for step in range(5):
+      with tm.embedding.learning():
+        trainer(tf.constant(np.arange(step, step + 6, dtype=np.int64)))
+      trainer.table.remove(np.array([step], np.int64))
+      patches.append(trainer.export_patch())
+    for patch in patches:
+      one_by_one.apply_patch(patch)
+    merged.apply_patch(tm.merge_patches(patches))
+    keys = np.arange(12, dtype=np.int64)
+    for replica in (one_by_one, merged):
+      np.testing.assert_array_equal(replica.table.lookup(keys) >= 0,
+                                    trainer.table.lookup(keys) >= 0)
+      np.testing.assert_array_equal(
+          replica(tf.constant(keys), training=False).numpy(),
+          trainer(tf.constant(keys), training=False).numpy())
+
+  def test_bad_runs_are_rejected(self):
+    a, b = _patch(sequence=3), _patch(sequence=4)
+    with pytest.raises(ValueError, match="at least one"):
+      tm.merge_patches([])
+    with pytest.raises(ValueError, match="increasing sequence"):
+      tm.merge_patches([b, a])
+    with pytest.raises(ValueError, match="one model and table"):
+      tm.merge_patches([a, _patch(sequence=5, table_name="item")])
+    with pytest.raises(ValueError, match="dimensions"):
+      tm.merge_patches([a, _patch(sequence=5, dim=4)])
