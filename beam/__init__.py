@@ -28,10 +28,11 @@ from tfrs_monolith.beam.events import WriteExamples
 from tfrs_monolith.beam.join import JoinConfig
 from tfrs_monolith.beam.join import JoinEvents
 from tfrs_monolith.beam.sampling import NegativeSample
+from tfrs_monolith.beam.topics import ReadFromTopic
 from tfrs_monolith.beam.topics import WriteToTopic
 
 __all__ = [
     "JoinConfig", "JoinEvents", "NegativeSample", "ParseEvents",
-    "ReadEvents", "ToExample", "WriteDeadLetters", "WriteExamples",
-    "WriteToTopic",
+    "ReadEvents", "ReadFromTopic", "ToExample", "WriteDeadLetters",
+    "WriteExamples", "WriteToTopic",
 ]
