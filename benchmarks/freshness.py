@@ -17,7 +17,7 @@ The whole real-time loop runs, on this machine:
 
   producer -> Kafka `examples` -> `OnlineTrainer` (patches every
   `--sparse_interval` s) -> Kafka `patches` -> `Sidecar` -> model server
-  (the stand-in `tests/model_server.py`) -> `serving_default` score.
+  (the stand-in `tfrs_monolith.serving.model_server`) -> `serving_default` score.
 
 A real Kafka broker (`scripts/kafka_broker.py`) is started for the run. The
 small ranking model of the tests (`tests/online_model.py`: user and item
@@ -76,14 +76,14 @@ from tfrs_monolith import hashing
 from tfrs_monolith import online
 from tfrs_monolith import streams
 from tfrs_monolith.serving import client as client_lib
+from tfrs_monolith.serving import model_server
 from tfrs_monolith.serving import sidecar as sidecar_lib
 from tfrs_monolith.serving import warmup
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The stand-in model server and the tests' model live in tests/. Appended
-# (not prepended): tests/tfrs_monolith must not shadow the package.
+# The tests' model lives in tests/. Appended (not prepended):
+# tests/tfrs_monolith must not shadow the package.
 sys.path.append(str(_ROOT / "tests"))
-import model_server  # pylint: disable=g-import-not-at-top,wrong-import-position
 import online_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODEL = "ranker"

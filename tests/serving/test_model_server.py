@@ -1,4 +1,4 @@
-"""Tests of the stand-in model server (tests/model_server.py) on exports.
+"""Tests of the stand-in model server (`tfrs_monolith.serving.model_server`) on exports.
 
 One export of `online_model.make_model()` and one server are shared by the
 module; the tests run in file order (version 2 and the broken version 3
@@ -17,7 +17,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-import model_server
+from tfrs_monolith.serving import model_server
 import online_model
 import tfrs_monolith as tm
 from tfrs_monolith import export

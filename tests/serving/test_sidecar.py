@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-import model_server
+from tfrs_monolith.serving import model_server
 import online_model
 import saved_model_checks
 import sidecar_helpers as helpers

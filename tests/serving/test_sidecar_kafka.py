@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-import model_server
+from tfrs_monolith.serving import model_server
 import online_model
 import sidecar_helpers as helpers
 from tfrs_monolith import streams

@@ -1,6 +1,7 @@
-"""A stand-in for `tensorflow_model_server`, for tests only (not a product).
+"""A local stand-in for `tensorflow_model_server` (development, demos, tests).
 
-The real TF Serving binary cannot be installed everywhere the tests run, so
+Not a production server: use TF Serving itself in production. Where its
+binary cannot be installed (the project's tests, `make demo`, a laptop),
 this module serves the same gRPC API (`tensorflow.serving.PredictionService`
 and `ModelService`) by loading each SavedModel version the way TF Serving
 does: a fresh `tf.Graph` and `tf.compat.v1.Session` per version,
@@ -41,16 +42,16 @@ files, several models, batching, `HandleReloadConfigRequest` (UNIMPLEMENTED).
 
 As a script:
 
-  python tests/model_server.py --port 8500 --model_name ranker \
+  python -m tfrs_monolith.serving.model_server --port 8500 --model_name ranker \
       --model_base_path /tmp/base [--file_system_poll_wait_seconds 1] \
       [--grpc_channel_arguments grpc.max_receive_message_length=65536] \
       [--apply_log /tmp/applied.jsonl]
 
 It listens on 127.0.0.1 only, logs to stderr and exits cleanly on SIGTERM.
 
-From a test (conftest puts tests/ on `sys.path`), with pytest fixtures:
+From a test, with pytest fixtures:
 
-  import model_server
+  from tfrs_monolith.serving import model_server
 
   @pytest.fixture(scope="module")
   def server(tmp_path_factory):
