@@ -104,6 +104,7 @@ def train(model: tf.keras.Model,
           version: int = 1,
           checkpoint_dir: Optional[str] = None,
           negative_sampling_rate: Optional[float] = None,
+          assets_extra: Optional[Mapping[str, bytes]] = None,
           shuffle_buffer: int = 0,
           seed: Optional[int] = None,
           verbose: int = 0) -> BatchTrainingResult:
@@ -126,6 +127,8 @@ def train(model: tf.keras.Model,
     checkpoint_dir: where the online trainer's starting checkpoint goes.
     negative_sampling_rate: passed to the export (serving-time log-odds
       correction) when negatives were down-sampled.
+    assets_extra: files for the version's `assets.extra/` (e.g. TF
+      Serving warm-up requests), passed to the export.
     shuffle_buffer: shuffle the examples in a buffer of this size.
     seed: shuffle seed.
     verbose: `model.fit` verbosity.
@@ -169,7 +172,8 @@ def train(model: tf.keras.Model,
   if export_dir is not None:
     export_path = export_lib.export_saved_model(
         model, os.path.join(export_dir, str(version)),
-        feature_spec=spec, negative_sampling_rate=negative_sampling_rate)
+        feature_spec=spec, negative_sampling_rate=negative_sampling_rate,
+        assets_extra=assets_extra)
   checkpoint_path = None
   if checkpoint_dir is not None:
     checkpoint_path = online.save_initial_checkpoint(model, checkpoint_dir)
