@@ -6,13 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench data clean kafka-fetch
+.PHONY: test demo demo-kafka demo-batch bench data clean kafka-fetch
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[beam,serving,test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[beam,serving,test,examples]"
 	touch $(STAMP)
 
 data: $(STAMP)
@@ -21,7 +21,17 @@ data: $(STAMP)
 test: $(STAMP) data kafka-fetch
 	$(PY) -m pytest -q
 
+# The real-time loop on MovieLens-100K and the comparisons (file-log topics,
+# local Beam runner, a local model server); DEMO_ARGS adds flags.
 demo: $(STAMP)
+	$(PY) examples/realtime.py $(DEMO_ARGS)
+
+# The same through the project's own Kafka broker on 127.0.0.1.
+demo-kafka: $(STAMP) kafka-fetch
+	$(PY) examples/realtime.py --kafka $(DEMO_ARGS)
+
+# Offline retrieval and ranking on MovieLens-100K (no streams).
+demo-batch: $(STAMP)
 	$(PY) examples/movielens.py
 
 bench: $(STAMP) kafka-fetch
