@@ -38,6 +38,15 @@ __all__ = ["ReadFromTopic", "WriteToTopic", "TopicReadError"]
 METRICS_NAMESPACE = "tfrs_monolith.topics"
 
 
+def _check_url_and_topic(url, topic):
+  if not isinstance(url, str) or "://" not in url:
+    raise ValueError(f"`url` must be kafka://host:port or file:///dir. "
+                     f"Received: url={url!r}")
+  if not isinstance(topic, str) or not topic:
+    raise ValueError(f"`topic` must be a non-empty string. Received: "
+                     f"topic={topic!r}")
+
+
 class _WriteFn(beam.DoFn):
 
   def __init__(self, url, topic):
@@ -82,12 +91,7 @@ class WriteToTopic(beam.PTransform):
 
   def __init__(self, url: str, topic: str, label: Optional[str] = None):
     super().__init__(label)
-    if not isinstance(url, str) or "://" not in url:
-      raise ValueError(f"`url` must be kafka://host:port or file:///dir. "
-                       f"Received: url={url!r}")
-    if not isinstance(topic, str) or not topic:
-      raise ValueError(f"`topic` must be a non-empty string. Received: "
-                       f"topic={topic!r}")
+    _check_url_and_topic(url, topic)
     self._url = url
     self._topic = topic
 
@@ -166,12 +170,7 @@ class ReadFromTopic(beam.PTransform):
                end_offsets: Optional[Mapping[int, int]] = None,
                timeout: float = 30.0, label: Optional[str] = None):
     super().__init__(label)
-    if not isinstance(url, str) or "://" not in url:
-      raise ValueError(f"`url` must be kafka://host:port or file:///dir. "
-                       f"Received: url={url!r}")
-    if not isinstance(topic, str) or not topic:
-      raise ValueError(f"`topic` must be a non-empty string. Received: "
-                       f"topic={topic!r}")
+    _check_url_and_topic(url, topic)
     if isinstance(timeout, bool) or not isinstance(
         timeout, (int, float)) or timeout <= 0:
       raise ValueError(f"`timeout` must be a positive number of seconds. "
