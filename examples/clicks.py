@@ -79,6 +79,22 @@ class ClickStream:
             "label": self.label[index],
             "event_time": self.event_time[index]}
 
+  def newest(self, fraction: float) -> int:
+    """Impression index where the newest `fraction` of the ratings
+    (requests) starts."""
+    requests = int(self.request.max()) + 1 if len(self) else 0
+    return int(np.searchsorted(self.request,
+                               int(round(requests * (1 - fraction)))))
+
+  def click_range(self, start: int, stop: int):
+    """`(first, stop)` indices of the clicks of the requests shown by
+    impressions `[start, stop)`."""
+    if stop <= start:
+      return 0, 0
+    return (int(np.searchsorted(self.click_request, self.request[start])),
+            int(np.searchsorted(self.click_request, self.request[stop - 1],
+                                side="right")))
+
   def impression_events(self, index) -> List[bytes]:
     """JSON `impressions` events of the impressions at `index`."""
     return [json.dumps({

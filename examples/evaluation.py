@@ -83,13 +83,6 @@ def predict(model, features, batch_size=8192) -> np.ndarray:
   return np.concatenate(out) if out else np.zeros([0], np.float32)
 
 
-def _split(stream, fraction):
-  """Impression index where the newest `fraction` of the ratings starts."""
-  requests = int(stream.request.max()) + 1
-  return int(np.searchsorted(stream.request,
-                             int(round(requests * (1 - fraction)))))
-
-
 # ----------------------------------------------------- 1. collisions
 
 
@@ -160,7 +153,7 @@ def compare_hashing(stream: clicks.ClickStream,
     "user_rows", "item_rows", "bytes", "min_count", "auc", "recall@10",
     "user_collision_rate", "item_collision_rate"]}.
   """
-  cut = _split(stream, HOLDOUT_FRACTION)
+  cut = stream.newest(HOLDOUT_FRACTION)
   features = stream.features()
   train_part = _take(features, slice(None, cut))
   holdout = _take(features, slice(cut, None))
@@ -232,7 +225,7 @@ def compare_online(stream: clicks.ClickStream, shards: int = 10,
     "online_auc"}], "frozen_auc", "online_auc"} (the last two: the
     shards' AUCs weighted by their examples).
   """
-  start = _split(stream, 1 - first_fraction)
+  start = stream.newest(1 - first_fraction)
   features = stream.features()
   tf.keras.utils.set_random_seed(seed)
   model = clicks.make_model(seed=seed)
@@ -290,7 +283,7 @@ def compare_sync(stream: clicks.ClickStream,
     "examples", "seconds"}.
   """
   started = time.perf_counter()
-  cut = _split(stream, HOLDOUT_FRACTION)
+  cut = stream.newest(HOLDOUT_FRACTION)
   features = stream.features()
   tf.keras.utils.set_random_seed(seed)
   trainer = clicks.make_model(seed=seed)

@@ -178,9 +178,7 @@ def batch_start(stream, cut, out, epochs, seed, log):
   started = time.perf_counter()
   events = out / "events"
   events.mkdir(parents=True)
-  requests = int(stream.request[cut]) if cut < len(stream) else None
-  n_clicks = (np.searchsorted(stream.click_request, requests)
-              if requests is not None else len(stream.click_request))
+  _, n_clicks = stream.click_range(0, cut)
   _write_jsonl(events / "impressions-batch.jsonl",
                stream.impression_events(slice(None, cut)))
   _write_jsonl(events / "actions-batch.jsonl",
@@ -217,11 +215,9 @@ def batch_start(stream, cut, out, epochs, seed, log):
 class Loop:
   """The live system of the example, one component per part of DESIGN.md."""
 
-  def __init__(self, out, url, topics, seed, warmup, log):
-    self.out = out
+  def __init__(self, out, url, topics, seed, warmup):
     self.url = url
     self.topics = topics
-    self.log = log
     self.transport = streams.open_transport(url)
     self.transport.create_topics([topics.impressions, topics.actions,
                                   topics.examples, topics.patches,
@@ -378,19 +374,14 @@ def _slices(stream, start, slice_seconds):
   slot = (times - times[0]) // slice_seconds
   bounds = start + np.concatenate(
       [[0], np.flatnonzero(np.diff(slot)) + 1, [len(times)]])
-  out = []
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    first, last = stream.request[a], stream.request[b - 1]
-    c0 = np.searchsorted(stream.click_request, first)
-    c1 = np.searchsorted(stream.click_request, last, side="right")
-    out.append(((int(a), int(b)), (int(c0), int(c1))))
-  return out
+  return [((int(a), int(b)), stream.click_range(a, b))
+          for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def run_loop(stream, out, url, topics, seed, slice_hours, dense_every,
              frozen_scores, cut, log):
   """The live loop (see the module doc); returns its figures."""
-  loop = Loop(out, url, topics, seed, _warmup(stream), log)
+  loop = Loop(out, url, topics, seed, _warmup(stream))
   slices = _slices(stream, cut, int(slice_hours * 3600))
   rows = []
   versions = [1]
@@ -538,8 +529,7 @@ def main(argv=None):
   stream = clicks.click_stream(users, items, ratings, timestamps,
                                negatives=args.negatives, seed=args.seed)
   requests = len(users)
-  cut = int(np.searchsorted(stream.request,
-                            int(round(requests * (1 - LIVE_FRACTION)))))
+  cut = stream.newest(LIVE_FRACTION)
   log(f"{requests:,} ratings -> {len(stream):,} impressions "
       f"({args.negatives} sampled negatives per rating), "
       f"{len(stream.click_request):,} clicks; seed {args.seed}")
@@ -596,10 +586,8 @@ def main(argv=None):
 def _check_loop(results, stream, cut):
   """The joiner's examples must be the stream's labelled impressions."""
   loop = results["loop"]
-  expected = {"impressions": len(stream) - cut,
-              "clicks": int(len(stream.click_request) -
-                            np.searchsorted(stream.click_request,
-                                            stream.request[cut]))}
+  first, stop = stream.click_range(cut, len(stream))
+  expected = {"impressions": len(stream) - cut, "clicks": stop - first}
   checks = {
       "examples_equal_impressions":
           loop["examples"] == expected["impressions"] ==
