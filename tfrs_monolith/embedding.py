@@ -34,6 +34,7 @@ __all__ = ["CollisionlessEmbedding", "learning"]
 _LEARNING = contextvars.ContextVar("tfrs_monolith_learning", default=False)
 _SERVING = contextvars.ContextVar("tfrs_monolith_serving", default=False)
 _INIT_SEED = 0x1A17_0000_0000_0001
+_SHARD_SEED = 0x5EED_0000_0000_5A4D
 # Standard normal CDF at -2 and 2: bounds of a 2-sigma truncated normal.
 _PHI_MINUS_2 = 0.5 * math.erfc(2.0 / math.sqrt(2.0))
 _PHI_PLUS_2 = 1.0 - _PHI_MINUS_2
@@ -100,6 +101,48 @@ def _xla_allowed() -> bool:
   return not save_context.in_save_context()
 
 
+def _colocated_with(variable):
+  """Under a `tf.distribute` strategy, variables created in this context go
+  where `variable` is: with `ParameterServerStrategy`, all of a table's
+  state (rows, index, counters; and the optimizer's slots, which follow
+  their variable) lives on one parameter server, so that one graph can
+  read and update it together."""
+  if not tf.distribute.has_strategy():
+    return contextlib.nullcontext()
+  return tf.distribute.get_strategy().extended.colocate_vars_with(variable)
+
+
+def _num_parameter_servers() -> int:
+  """PS tasks of the `ParameterServerStrategy` in scope (0 if none)."""
+  if not tf.distribute.has_strategy():
+    return 0
+  strategy = tf.distribute.get_strategy()
+  if not isinstance(strategy,
+                    tf.distribute.experimental.ParameterServerStrategy):
+    return 0
+  return int(strategy.extended._num_ps)  # pylint: disable=protected-access
+
+
+def _on_device_of(variable):
+  """Runs a table's ops where its state is, when that is another task.
+
+  With `ParameterServerStrategy` the table's probe, admission and inserts
+  then run on its parameter server, which gets the batch's keys and returns
+  row numbers, instead of the worker reading the index over the network
+  (and XLA-compiled blocks cannot reach a variable on another task at all).
+  Serving graphs are never pinned: a SavedModel must not name cluster tasks.
+  """
+  if not _is_remote(variable) or not _xla_allowed():
+    return contextlib.nullcontext()
+  return tf.device(variable.device)
+
+
+def _is_remote(variable) -> bool:
+  """Whether `variable` lives on another task of a cluster."""
+  device = variable.device or ""
+  return "/job:" in device and "/job:localhost" not in device
+
+
 def _pad_to_power_of_two(*tensors):
   """Pads 1-D tensors of one dynamic length n to the next power of two:
   XLA compiles once per padded size, not once per batch size."""
@@ -152,6 +195,31 @@ def _check_int(name, value, minimum):
     raise ValueError(f"`{name}` must be an integer >= {minimum}. "
                      f"Received: {name}={value!r}")
   return int(value)
+
+
+class ShardedTableView:
+  """`CollisionlessEmbedding.table` of a sharded layer: its shards' tables
+  (`tables`), with their sizes summed."""
+
+  def __init__(self, tables: List[table_lib.CuckooHashTable]):
+    self.tables = list(tables)
+
+  @property
+  def capacity(self) -> int:
+    return sum(table.capacity for table in self.tables)
+
+  def size(self) -> tf.Tensor:
+    """Number of live keys (int64 scalar)."""
+    return tf.add_n([table.size() for table in self.tables])
+
+  def load_factor(self) -> tf.Tensor:
+    """Live keys / capacity (float64 scalar)."""
+    return tf.cast(self.size(), tf.float64) / self.capacity
+
+  @property
+  def rejected(self) -> tf.Tensor:
+    """Keys that could not be given a row (full shards), cumulative."""
+    return tf.add_n([table.rejected.read_value() for table in self.tables])
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_monolith")
@@ -248,6 +316,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                admission_depth: int = 4,
                seed: int = 0,
                jit_compile: bool = True,
+               num_shards: Optional[int] = None,
                **kwargs):
     super().__init__(**kwargs)
     self.output_dim = _check_int("output_dim", output_dim, 1)
@@ -278,15 +347,44 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       raise TypeError("`jit_compile` must be a bool. Received: "
                       f"jit_compile={jit_compile!r}")
     self.jit_compile = jit_compile
+    if num_shards is not None:
+      num_shards = _check_int("num_shards", num_shards, 1)
+      if num_shards > self.capacity:
+        raise ValueError(f"`num_shards` must be at most `capacity` "
+                         f"({self.capacity}). Received: "
+                         f"num_shards={num_shards!r}")
+    self.num_shards = num_shards
+    # A layer created in a strategy's scope builds its state there, even if
+    # it is first called (and built) outside.
+    self._strategy = (tf.distribute.get_strategy()
+                      if tf.distribute.has_strategy() else None)
     self._optimizer_ref = None
     self._table = None
     self._sketch = None
+    self._insert_lock = None
+    self._shards = []
 
   # -------------------------------------------------------------------- state
 
   def build(self, input_shape=None):
     if self.built:
       return
+    if self._strategy is not None and not tf.distribute.has_strategy():
+      with self._strategy.scope():
+        self.build(input_shape)
+      return
+    if self.num_shards is None:
+      # Under ParameterServerStrategy: one shard per parameter server.
+      self.num_shards = max(1, min(_num_parameter_servers(), self.capacity))
+    if self.num_shards > 1:
+      self._build_shards()
+    else:
+      self._build_rows()
+      with _colocated_with(self.embeddings):
+        self._build_state()
+    super().build(input_shape)
+
+  def _build_rows(self):
     # Two rows more than `capacity`, never given to a key:
     # * row `capacity` (the template) is never read in training, so it stays
     #   zero and its optimizer state initial: inference reads it for absent
@@ -297,6 +395,16 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     self.embeddings = self.add_weight(
         name="embeddings", shape=[self.capacity + 2, self.output_dim],
         initializer="zeros", trainable=True)
+
+  def _build_state(self):
+    """The table's state besides its rows: index, sketch, clock, counters."""
+    # On a cluster, workers' steps run concurrently on the table's parameter
+    # server: inserts (free-row pops, cuckoo moves) must not interleave, or
+    # two keys could get one row. Lookups of present keys need no lock.
+    self._insert_lock = None
+    if _is_remote(self.embeddings):
+      with tf.device(self.embeddings.device):
+        self._insert_lock = tf.CriticalSection(name="insert_lock")
     self._table = table_lib.CuckooHashTable(
         self.capacity, slots_per_bucket=self.slots_per_bucket,
         full_policy=self.full_policy, name="table")
@@ -325,19 +433,122 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                      ("_xla_probe_touch", self._probe_touch)):
       object.__setattr__(self, name, tf.function(fn, jit_compile=True,
                                                  autograph=False))
-    super().build(input_shape)
+
+  def _build_shards(self):
+    """Builds `num_shards` tables, each holding the keys that hash to it.
+
+    Each shard is a whole single-shard table (rows, index, sketch, clock,
+    counters, and the optimizer's slots, which follow their variable) on
+    one device. Under `ParameterServerStrategy` the shards' row variables
+    are created one after another, so its round-robin placement puts them
+    on different parameter servers, and each shard's other state is
+    colocated with its rows.
+    """
+    n = self.num_shards
+    config = self.get_config()
+    for key in ("name", "capacity", "admission_width", "num_shards",
+                "trainable", "dtype"):
+      config.pop(key, None)
+    self._shards = [
+        CollisionlessEmbedding(
+            capacity=-(-self.capacity // n),
+            admission_width=(None if self.admission_width is None else
+                             max(1, -(-self.admission_width // n))),
+            num_shards=1, name=f"{self.name}_shard_{i}", dtype=self.dtype,
+            trainable=self.trainable, **config)
+        for i in range(n)
+    ]
+    for shard in self._shards:
+      with tf.name_scope(shard.name):
+        shard._build_rows()  # pylint: disable=protected-access
+    for shard in self._shards:
+      with tf.name_scope(shard.name), _colocated_with(shard.embeddings):
+        shard._build_state()  # pylint: disable=protected-access
+      shard.built = True
+    # The layer's own clock and patch sequence (the shards keep theirs).
+    self.clock = self.add_weight(
+        name="clock", shape=[], dtype=tf.int64, initializer="zeros",
+        trainable=False)
+    self.patch_sequence = self.add_weight(
+        name="patch_sequence", shape=[], dtype=tf.int64, initializer="zeros",
+        trainable=False)
 
   @property
-  def table(self) -> table_lib.CuckooHashTable:
-    """The `tm.CuckooHashTable` indexing this layer's rows."""
+  def shards(self) -> List["CollisionlessEmbedding"]:
+    """The shards of a sharded table (`num_shards > 1`), else `[]`."""
     self.build(None)
+    return list(self._shards)
+
+  def _shard_of(self, keys):
+    """The shard (int32) of each int64 key: a hash independent of the
+    cuckoo index's own, so every shard's index sees uniform keys."""
+    return tf.cast(hashing.reduce_range(
+        hashing.mix64(keys, _SHARD_SEED), self.num_shards), tf.int32)
+
+  def _partition(self, keys):
+    """`keys` split by shard, and the positions that stitch per-shard
+    results back into key order."""
+    shard = self._shard_of(keys)
+    n = self.num_shards
+    return (tf.dynamic_partition(tf.range(tf.size(keys)), shard, n),
+            tf.dynamic_partition(keys, shard, n))
+
+  def _sharded_embed(self, keys, training):
+    positions, parts = self._partition(keys)
+    vectors = []
+    for shard, shard_keys in zip(self._shards, parts):
+      with _on_device_of(shard.embeddings):
+        vectors.append(shard._embed_flat(shard_keys, training))  # pylint: disable=protected-access
+    return tf.dynamic_stitch(positions, vectors)
+
+  @property
+  def table(self):
+    """The `tm.CuckooHashTable` indexing this layer's rows; for a sharded
+    layer, a `ShardedTableView` summing its shards' tables."""
+    self.build(None)
+    if self._shards:
+      return ShardedTableView(
+          [shard._table for shard in self._shards])  # pylint: disable=protected-access
     return self._table
 
   @property
   def sketch(self) -> Optional[admission.CountMinSketch]:
-    """The admission `tm.CountMinSketch` (None when `min_count == 1`)."""
+    """The admission `tm.CountMinSketch` (None when `min_count == 1`, and
+    for a sharded layer, whose shards each have theirs)."""
     self.build(None)
     return self._sketch
+
+  def admission_counts(self):
+    """`(ids, misses)`: ids looked up in training so far, and how many of
+    them had no row (not yet admitted, or no room), as Python ints."""
+    self.build(None)
+    if self._shards:
+      counts = [shard.admission_counts() for shard in self._shards]
+      return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return (int(self.training_ids.numpy()),
+            int(self.training_misses.numpy()))
+
+  def live_keys(self) -> tf.Tensor:
+    """The keys that have a row (int64, in no particular order)."""
+    self.build(None)
+    if self._shards:
+      return tf.concat([shard.live_keys() for shard in self._shards], 0)
+    return tf.gather(self._table.row_keys, self._table.live_rows())
+
+  def read_rows(self, keys):
+    """`(values, present)` for 1-D int64 `keys`: their rows' values (zeros
+    where a key has no row) and whether each has one. Never inserts."""
+    self.build(None)
+    if self._shards:
+      positions, parts = self._partition(keys)
+      read = [shard.read_rows(k) for shard, k in zip(self._shards, parts)]
+      return (tf.dynamic_stitch(positions, [r[0] for r in read]),
+              tf.dynamic_stitch(positions, [r[1] for r in read]))
+    rows = self._table.lookup_flat(keys)
+    present = rows >= 0
+    values = tf.gather(self.embeddings, tf.where(present, rows,
+                                                 self.capacity))
+    return values * tf.cast(present, values.dtype)[:, tf.newaxis], present
 
   def bind_optimizer(self, optimizer):
     """Lets the layer reset `optimizer`'s state of rows it reuses.
@@ -348,6 +559,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     """
     self._optimizer_ref = (None if optimizer is None else
                            weakref.ref(optimizer))
+    for shard in self._shards:
+      shard.bind_optimizer(optimizer)
 
   def _optimizer_rows(self) -> List[tf.Variable]:
     """Optimizer variables holding per-row state of `embeddings`."""
@@ -377,6 +590,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     """Moves the event-time clock forward to `now_seconds` (never back)."""
     self.build(None)
     now = self._as_time("now_seconds", now_seconds)
+    for shard in self._shards:
+      shard.advance_clock(now)
     self.clock.assign(tf.maximum(self.clock, now))
     return self.clock.read_value()
 
@@ -502,7 +717,14 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     # Steady state: every key had a row and is now marked seen. Otherwise
     # the keys go through admission and insertion.
     return _cond_as_call(present, lambda: tf.identity(rows),
-                         lambda: self._admit_all(keys))
+                         lambda: self._admit_locked(keys))
+
+  def _admit_locked(self, keys):
+    """`_admit_all`, alone on the table when workers share it."""
+    if self._insert_lock is None or not _xla_allowed():
+      return self._admit_all(keys)
+    return self._insert_lock.execute(lambda: self._admit_all(keys),
+                                     exclusive_resource_access=False)
 
   @tf.function(reduce_retracing=True, autograph=False)
   def _admit_graph(self, keys, num_optimizer_rows):
@@ -521,10 +743,16 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       rows = self._admit_graph(keys, len(self._optimizer_rows()))
     else:
       rows = self._admit_rows(keys)
+    sink = self.capacity + 1
+    if tf.distribute.has_strategy():
+      # Workers train concurrently: one may update the sink between
+      # another's zeroing and reading it. Mask instead; the sink then gets
+      # only zero gradients.
+      vectors = tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
+      return vectors * tf.cast(rows >= 0, vectors.dtype)[:, tf.newaxis]
     # Ids without a row read the sink row, zeroed first (automatic control
     # dependencies order the two ops on the variable). Its gradient lands
     # on the sink, which nothing else reads.
-    sink = self.capacity + 1
     self.embeddings.scatter_update(tf.IndexedSlices(
         tf.zeros([1, self.output_dim], self.embeddings.dtype),
         tf.constant([sink])))
@@ -542,13 +770,26 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     With `jit_compile`, the probe runs under XLA, except while a serving
     graph is traced (`serving_graph`, SavedModel export).
     """
-    if not (self.jit_compile and _xla_allowed()):
+    if not (self.jit_compile and _xla_allowed()) or (
+        # An XLA block cannot be called eagerly on another task.
+        tf.executing_eagerly() and _is_remote(self.embeddings)):
       return tf.gather(self.embeddings, self._read_index(keys))
     return tf.gather(self.embeddings,
                      _padded_call(self._xla_read_index, (keys,)))
 
   def _embed(self, keys, training):
     flat = keys if keys.shape.rank == 1 else tf.reshape(keys, [-1])
+    if self._shards:
+      vectors = self._sharded_embed(flat, training)
+    else:
+      with _on_device_of(self.embeddings):
+        vectors = self._embed_flat(flat, training)
+    if keys.shape.rank == 1:
+      return vectors
+    return tf.reshape(vectors,
+                      tf.concat([tf.shape(keys), [self.output_dim]], 0))
+
+  def _embed_flat(self, flat, training):
     if training is None or training is False:
       vectors = self._lookup(flat)
     elif training is True:
@@ -557,10 +798,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       vectors = tf.cond(
           tf.cast(training, tf.bool), lambda: self._learn(flat),
           lambda: self._lookup(flat))
-    if keys.shape.rank == 1:
-      return vectors
-    return tf.reshape(vectors,
-                      tf.concat([tf.shape(keys), [self.output_dim]], 0))
+    return vectors
 
   def call(self, inputs, training=None):
     """Looks up the embeddings of `inputs`.
@@ -606,6 +844,8 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       self.advance_clock(now_seconds)
     if self.ttl_seconds is None:
       return tf.zeros([0], tf.int64)
+    if self._shards:
+      return tf.concat([shard.expire() for shard in self._shards], 0)
     cutoff = self._now() - int(math.ceil(self.ttl_seconds))
     return self._table.expire(cutoff)
 
@@ -613,8 +853,37 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
 
   @tf.function(autograph=False)
   def _take_patch(self):
-    rows, keys, removed, full = self._table.take_changes()
-    return keys, tf.gather(self.embeddings, rows), removed, full
+    return self._take_changes()
+
+  def _live_items(self):
+    """Keys and values of every live row (a single-shard layer)."""
+    rows = self._table.live_rows()
+    return (tf.gather(self._table.row_keys, rows),
+            tf.gather(self.embeddings, rows))
+
+  def _take_changes(self):
+    """`(keys, values, removed, full)` changed since the last call.
+
+    A sharded layer merges its shards' changes into one patch: if any shard
+    must send a full snapshot, every shard sends all its live rows.
+    """
+    if not self._shards:
+      with _on_device_of(self.embeddings):
+        rows, keys, removed, full = self._table.take_changes()
+        return keys, tf.gather(self.embeddings, rows), removed, full
+    taken = [shard._take_changes() for shard in self._shards]  # pylint: disable=protected-access
+    full = tf.reduce_any(tf.stack([t[3] for t in taken]))
+    keys, values = [], []
+    for shard, (k, v, _, shard_full) in zip(self._shards, taken):
+      with _on_device_of(shard.embeddings):
+        k, v = tf.cond(tf.logical_and(full, tf.logical_not(shard_full)),
+                       shard._live_items,  # pylint: disable=protected-access
+                       lambda k=k, v=v: (k, v))
+      keys.append(k)
+      values.append(v)
+    removed = tf.concat([t[2] for t in taken], 0)
+    removed = tf.cond(full, lambda: removed[:0], lambda: removed)
+    return tf.concat(keys, 0), tf.concat(values, 0), removed, full
 
   def export_patch(self, model_name: str = "", watermark=None):
     """Returns the rows touched since the last call and the evicted keys.
@@ -650,6 +919,20 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     now = self._now() if created_at is None else tf.cast(created_at,
                                                          tf.int64)
     now = tf.where(now > 0, now, self._now())
+    if self._shards:
+      # Each key belongs to one shard, so a shard's unlisted keys (in a full
+      # patch) are those missing from its part.
+      key_shards = self._shard_of(keys)
+      n = self.num_shards
+      parts = zip(self._shards, tf.dynamic_partition(keys, key_shards, n),
+                  tf.dynamic_partition(values, key_shards, n),
+                  tf.dynamic_partition(evicted, self._shard_of(evicted), n))
+      changed = []
+      for shard, shard_keys, shard_values, shard_evicted in parts:
+        with _on_device_of(shard.embeddings):
+          changed.append(shard.apply_patch_tensors(
+              shard_keys, shard_values, shard_evicted, full, now))
+      return tf.add_n(changed)
 
     def drop_unlisted():
       live_keys = tf.gather(self._table.row_keys, self._table.live_rows())
@@ -717,6 +1000,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         "admission_depth": self.admission_depth,
         "seed": self.seed,
         "jit_compile": self.jit_compile,
+        "num_shards": self.num_shards,
     }
     base_config = super().get_config()
     return {**base_config, **config}

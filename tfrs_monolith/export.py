@@ -107,7 +107,7 @@ class _Servable(tf.Module):
   def _table_keys(self, table):
 
     def branch(layer):
-      return lambda: tf.gather(layer.table.row_keys, layer.table.live_rows())
+      return layer.live_keys
 
     keys = tf.switch_case(self._table_index(table),
                           [branch(t) for t in self.tables])
@@ -154,10 +154,7 @@ class _Servable(tf.Module):
     def branch(layer):
 
       def read():
-        rows = layer.table.lookup_flat(keys)
-        present = rows >= 0
-        values = tf.gather(layer.embeddings, tf.where(present, rows, 0))
-        values = values * tf.cast(present, values.dtype)[:, tf.newaxis]
+        values, present = layer.read_rows(keys)
         return tf.cast(values, tf.float32), present
 
       return read

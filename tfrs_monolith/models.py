@@ -25,11 +25,14 @@ __all__ = ["Model", "find_tables", "bind_optimizer"]
 
 def find_tables(
     model: tf.Module) -> List[embedding.CollisionlessEmbedding]:
-  """All `CollisionlessEmbedding` layers inside `model`, in tracking order."""
-  return [
+  """All `CollisionlessEmbedding` layers inside `model`, in tracking order
+  (a sharded table once, not its shards)."""
+  tables = [
       module for module in model.submodules
       if isinstance(module, embedding.CollisionlessEmbedding)
   ]
+  shards = {id(shard) for table in tables for shard in table._shards}  # pylint: disable=protected-access
+  return [table for table in tables if id(table) not in shards]
 
 
 def bind_optimizer(model: tf.keras.Model, optimizer=None):

@@ -459,3 +459,136 @@ class TestSerialization:
     for table in (layer, copy):
       table(tf.constant([2, 9], tf.int64), training=True)
     assert copy.export_patch() == layer.export_patch()
+
+
+class TestShards:
+  """`num_shards`: one table split by key hash into independent shards."""
+
+  def _train(self, layer, batches, optimizer):
+    for ids in batches:
+      with tf.GradientTape() as tape:
+        vectors = layer(tf.constant(ids, tf.int64), training=True)
+        loss = tf.reduce_sum(tf.square(vectors - 1.0))
+      grads = tape.gradient(loss, layer.trainable_variables)
+      optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+
+  def test_sharding_changes_no_vector(self):
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 200, 32) for _ in range(8)]
+    plain = tm.CollisionlessEmbedding(4, capacity=300, min_count=2,
+                                      jit_compile=False)
+    sharded = tm.CollisionlessEmbedding(4, capacity=300, min_count=2,
+                                        num_shards=3, jit_compile=False)
+    for layer in (plain, sharded):
+      optimizer = tf.keras.optimizers.Adagrad(0.2)
+      layer.build(None)
+      layer.bind_optimizer(optimizer)
+      self._train(layer, batches, optimizer)
+    ids = np.arange(200)
+    np.testing.assert_array_equal(_vectors(sharded, ids),
+                                  _vectors(plain, ids))
+    assert int(sharded.table.size()) == int(plain.table.size()) > 0
+    assert sharded.admission_counts() == plain.admission_counts()
+    assert sorted(sharded.live_keys().numpy()) == sorted(
+        plain.live_keys().numpy())
+
+  def test_each_key_lives_in_one_shard(self):
+    layer = tm.CollisionlessEmbedding(4, capacity=100, num_shards=3)
+    layer(tf.constant(np.arange(80), tf.int64), training=True)
+    assert [s.capacity for s in layer.shards] == [34] * 3  # ceil(100 / 3)
+    assert layer.table.capacity == 102
+    sizes = [int(s.table.size()) for s in layer.shards]
+    assert sum(sizes) == int(layer.table.size()) == 80
+    assert min(sizes) >= 15, sizes
+    found = np.stack([s.table.lookup(np.arange(80)).numpy() >= 0
+                      for s in layer.shards])
+    np.testing.assert_array_equal(found.sum(axis=0), np.ones(80))
+    # One table to the model: its shards are not tables of their own.
+    model = tf.keras.Sequential([layer])
+    assert tm.models.find_tables(model) == [layer]
+
+  def test_one_patch_for_all_shards_and_replica_of_any_shape(self):
+    trainer = tm.CollisionlessEmbedding(4, capacity=60, ttl_seconds=30,
+                                        num_shards=3, name="t",
+                                        jit_compile=False)
+    replicas = [tm.CollisionlessEmbedding(4, capacity=60, name="t",
+                                          jit_compile=False),
+                tm.CollisionlessEmbedding(4, capacity=60, num_shards=2,
+                                          name="t", jit_compile=False)]
+    rng = np.random.default_rng(1)
+    optimizer = tf.keras.optimizers.Adagrad(0.3)
+    trainer.build(None)
+    trainer.bind_optimizer(optimizer)
+    sequences = []
+    for t in range(10):
+      trainer.advance_clock(100 + 10 * t)
+      self._train(trainer, [rng.integers(0, 50, 12)], optimizer)
+      evicted = trainer.expire()
+      patch = trainer.export_patch()
+      sequences.append(patch.sequence)
+      assert set(patch.evicted.tolist()) <= set(evicted.numpy().tolist())
+      for replica in replicas:
+        replica.apply_patch(patch)
+    assert sequences == list(range(1, 11))
+    live = trainer.live_keys().numpy()
+    for replica in replicas:
+      assert int(replica.table.size()) == len(live) > 0
+      np.testing.assert_array_equal(_vectors(replica, live),
+                                    _vectors(trainer, live))
+
+  def test_a_full_shard_makes_the_whole_patch_full(self):
+    layer = tm.CollisionlessEmbedding(2, capacity=6, num_shards=2,
+                                      jit_compile=False)
+    keys = tf.constant(np.arange(400), tf.int64)
+    shard = layer._shard_of(keys).numpy()        # pylint: disable=protected-access
+    first = np.arange(400)[shard == 0]
+    second = np.arange(400)[shard == 1]
+    replica = tm.CollisionlessEmbedding(2, capacity=6, num_shards=2,
+                                        jit_compile=False)
+    stale = np.concatenate([first[-2:], second[-2:]])
+    replica.apply_patch(tm.EmbeddingPatch(keys=stale,
+                                          values=np.ones([4, 2])))
+    # Shard 0 (3 rows) churns through 10 keys: its removed-key log
+    # overflows; shard 1 gets 2 keys.
+    for i, key in enumerate(first[:10]):
+      layer.advance_clock(100 + i)     # The least recently seen go first.
+      layer(tf.constant([key], tf.int64), training=True)
+    layer(tf.constant(second[:2], tf.int64), training=True)
+    patch = layer.export_patch()
+    assert patch.full
+    assert sorted(patch.keys.tolist()) == sorted(
+        first[7:10].tolist() + second[:2].tolist())
+    replica.apply_patch(patch)
+    assert sorted(replica.live_keys().numpy().tolist()) == sorted(
+        patch.keys.tolist())
+
+  def test_checkpoint_and_config(self, tmp_path):
+    layer = tm.CollisionlessEmbedding(4, capacity=40, min_count=2,
+                                      num_shards=2, name="user",
+                                      jit_compile=False)
+    layer.advance_clock(500)
+    layer(tf.constant([1, 1, 2, 3, 3, 4, 4], tf.int64), training=True)
+    path = tf.train.Checkpoint(layer=layer).save(str(tmp_path / "ckpt"))
+    copy = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+    assert copy.get_config() == layer.get_config()
+    assert copy.get_config()["num_shards"] == 2
+    copy.build(None)
+    tf.train.Checkpoint(layer=copy).restore(path).assert_consumed()
+    ids = [1, 2, 3, 4]
+    np.testing.assert_array_equal(_vectors(copy, ids), _vectors(layer, ids))
+    assert int(copy.clock.numpy()) == 500
+    # The sketches came back too: 2 is admitted on its second sighting.
+    for table in (layer, copy):
+      table(tf.constant([2], tf.int64), training=True)
+    assert copy.export_patch() == layer.export_patch()
+
+  def test_invalid_num_shards(self):
+    with pytest.raises(ValueError, match="num_shards=0"):
+      tm.CollisionlessEmbedding(4, capacity=8, num_shards=0)
+    with pytest.raises(ValueError, match="num_shards=9"):
+      tm.CollisionlessEmbedding(4, capacity=8, num_shards=9)
+
+  def test_without_a_cluster_one_shard(self):
+    layer = tm.CollisionlessEmbedding(4, capacity=8)
+    layer.build(None)
+    assert layer.num_shards == 1 and layer.shards == []
