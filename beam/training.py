@@ -146,10 +146,6 @@ def train(model: tf.keras.Model,
   if time_feature is not None and time_feature not in spec:
     raise ValueError(f"`time_feature` {time_feature!r} is not in the "
                      f"feature spec ({sorted(spec)})")
-  dataset = read_examples(file_pattern, spec, batch_size, shuffle_buffer,
-                          seed)
-  history = model.fit(dataset, epochs=epochs, verbose=verbose)
-
   # Count the examples and find the newest event time, parsing only that
   # feature.
   examples = 0
@@ -161,6 +157,23 @@ def train(model: tf.keras.Model,
       times = tf.io.parse_example(
           serialized, {time_feature: spec[time_feature]})[time_feature]
       latest = max(latest, int(tf.reduce_max(times)))
+
+  if isinstance(model.distribute_strategy,
+                tf.distribute.experimental.ParameterServerStrategy):
+    # On a cluster, each worker reads the store itself (it must be on
+    # storage every worker sees) and an epoch is a number of steps.
+    def dataset_fn(input_context=None):
+      del input_context
+      return read_examples(file_pattern, spec, batch_size, shuffle_buffer,
+                           seed).repeat()
+    history = model.fit(
+        tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+        epochs=epochs, steps_per_epoch=max(1, -(-examples // batch_size)),
+        verbose=verbose)
+  else:
+    history = model.fit(
+        read_examples(file_pattern, spec, batch_size, shuffle_buffer, seed),
+        epochs=epochs, verbose=verbose)
   for table in tables:
     if latest > 0:
       table.advance_clock(latest)

@@ -10,7 +10,8 @@ import tfrs_monolith as tm
 class Ranking(tm.Model):
   """User and item tables -> MLP -> score; MSE on `label`."""
 
-  def __init__(self, dim=8, capacity=4096, item_min_count=1, ttl=None):
+  def __init__(self, dim=8, capacity=4096, item_min_count=1, ttl=None,
+               reduction=tf.keras.losses.Reduction.AUTO):
     super().__init__()
     self.user = tm.CollisionlessEmbedding(dim, capacity=capacity, name="user")
     self.item = tm.CollisionlessEmbedding(
@@ -23,7 +24,9 @@ class Ranking(tm.Model):
         tf.keras.layers.Dense(1, kernel_initializer=tf.keras.initializers.
                               GlorotUniform(seed=2)),
     ])
-    self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError())
+    # Under a distribution strategy the loss must sum (or not reduce).
+    self.task = tfrs.tasks.Ranking(
+        loss=tf.keras.losses.MeanSquaredError(reduction=reduction))
 
   def call(self, features, training=None):
     return self.mlp(tf.concat([

@@ -31,6 +31,7 @@ if not _tf.keras.__name__.startswith("tf_keras"):
 
 # pylint: disable=g-import-not-at-top
 from tfrs_monolith import admission
+from tfrs_monolith import distribute
 from tfrs_monolith import embedding
 from tfrs_monolith import hashing
 from tfrs_monolith import models

@@ -115,10 +115,12 @@ def _train_online_args(parser):
 def _train_online(args):
   # pylint: disable=g-import-not-at-top
   import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import distribute
   from tfrs_monolith import export
   from tfrs_monolith import online
   from tfrs_monolith import streams
-  model = load_factory(args.model)()
+  with distribute.strategy_scope():   # A cluster when TF_CONFIG names one.
+    model = load_factory(args.model)()
   transport = streams.open_transport(args.transport)
   topics = streams.Topics(examples=args.examples_topic,
                           patches=args.patches_topic,
@@ -165,8 +167,10 @@ def _train_batch_args(parser):
 def _train_batch(args):
   # pylint: disable=g-import-not-at-top
   import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import distribute
   from tfrs_monolith.beam import training
-  model = load_factory(args.model)()
+  with distribute.strategy_scope():   # A cluster when TF_CONFIG names one.
+    model = load_factory(args.model)()
   result = training.train(
       model, args.examples, epochs=args.epochs, batch_size=args.batch_size,
       export_dir=args.export_dir, version=args.version,
@@ -237,6 +241,15 @@ def _sidecar(args):
   return 0
 
 
+def _server(args):
+  del args
+  # pylint: disable=g-import-not-at-top
+  import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import distribute
+  distribute.run_server()
+  return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="tfrs-monolith",
                                    description=__doc__.split("\n")[0])
@@ -247,6 +260,9 @@ def main(argv: Optional[List[str]] = None) -> int:
       "train-batch", help="train on the batch store, export version 1"))
   _sidecar_args(commands.add_parser(
       "sidecar", help="apply embedding patches to a model TF Serving serves"))
+  commands.add_parser(
+      "server", help="run this task's parameter server or worker (from "
+      "TF_CONFIG) for cluster training; serves until killed")
   commands.add_parser(
       "join", add_help=False,
       help="join impressions with actions into examples (Beam pipeline; "
@@ -268,6 +284,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _train_batch(args)
   if args.command == "sidecar":
     return _sidecar(args)
+  if args.command == "server":
+    return _server(args)
   parser.error(f"unknown command {args.command}")
   return 2
 

@@ -245,6 +245,16 @@ class OnlineTrainer:
     self._consumer = transport.consumer([topics.examples], group_id)
     self.restored_from = self._restore()
     self._step = None     # Traced on the first batch, for any batch size.
+    # Under ParameterServerStrategy (a model built in its scope), steps are
+    # scheduled on the workers and run concurrently; `sync` waits for them
+    # before it reads the tables.
+    strategy = model.distribute_strategy
+    self._coordinator = None
+    if isinstance(strategy,
+                  tf.distribute.experimental.ParameterServerStrategy):
+      self._coordinator = (
+          tf.distribute.experimental.coordinator.ClusterCoordinator(strategy))
+    self._pending = None
     self._writer = (tf.summary.create_file_writer(summary_dir)
                     if summary_dir else None)
     self._last_log = (time.monotonic(), 0)
@@ -334,20 +344,42 @@ class OnlineTrainer:
       for table in self.tables:
         table.advance_clock(now)
     if self._step is None:
-      self._step = tf.function(self._train_step, input_signature=[
+      step = self._train_step
+      if self._coordinator is not None:
+        strategy = self.model.distribute_strategy
+        step = lambda f: strategy.run(self._train_step, args=(f,))
+      self._step = tf.function(step, input_signature=[
           tf.nest.map_structure(_any_batch_spec, features)])
-    logs = self._step(features)
     n = int(tf.shape(next(iter(features.values())))[0])
     self.stats.examples += n
     self.stats.batches += 1
+    if self._coordinator is not None:
+      # Runs on a worker; its logs are read when the workers are joined.
+      self._pending = self._coordinator.schedule(self._step,
+                                                 args=(features,))
+      return None
+    logs = self._step(features)
     if "loss" in logs:
       self.stats.last_loss = float(logs["loss"])
     return logs
+
+  def join(self):
+    """Waits until every scheduled step has run (with workers: before the
+    tables are read). Raises the error of a step that failed."""
+    if self._coordinator is None:
+      return
+    self._coordinator.join()
+    if self._pending is not None:
+      logs = self._pending.fetch()
+      if isinstance(logs, dict) and "loss" in logs:
+        self.stats.last_loss = float(logs["loss"])
+      self._pending = None
 
   # ------------------------------------------------------------ patches
 
   def publish_patches(self) -> List[patch_lib.EmbeddingPatch]:
     """Expires idle ids, then publishes one patch per table (flushed)."""
+    self.join()
     watermark = self.position()
     out = []
     for table in self.tables:
@@ -371,6 +403,7 @@ class OnlineTrainer:
 
   def checkpoint(self) -> str:
     """Saves model, tables and input offsets; commits the offsets."""
+    self.join()
     position = self._consumer.position()
     self._offsets.assign(json.dumps(
         {_offset_name(tp): o for tp, o in position.items()}))
@@ -395,6 +428,7 @@ class OnlineTrainer:
     while os.path.exists(path):
       version += 1
       path = os.path.join(self.export_dir, str(version))
+    self.join()
     watermark = {t.name: int(t.patch_sequence.numpy()) for t in self.tables}
     self.export_fn(self.model, path, watermark)
     self.stats.exports += 1
@@ -444,8 +478,7 @@ class OnlineTrainer:
     return self.stats
 
   def _admission_counts(self):
-    return {t.name: (int(t.training_ids.numpy()),
-                     int(t.training_misses.numpy())) for t in self.tables}
+    return {t.name: t.admission_counts() for t in self.tables}
 
   def metrics(self) -> Dict[str, float]:
     """Current figures: examples, loss, tables, admission, patches, lag.
