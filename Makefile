@@ -42,6 +42,7 @@ bench: $(STAMP) kafka-fetch
 	$(PY) benchmarks/online.py
 	$(PY) benchmarks/join.py
 	$(PY) benchmarks/freshness.py
+	$(PY) benchmarks/cluster.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -412,20 +412,11 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       self._sketch = admission.CountMinSketch(
           self.admission_width or max(4096, self.capacity),
           depth=self.admission_depth, name="admission")
-    self.clock = self.add_weight(
-        name="clock", shape=[], dtype=tf.int64, initializer="zeros",
-        trainable=False)
-    self.patch_sequence = self.add_weight(
-        name="patch_sequence", shape=[], dtype=tf.int64, initializer="zeros",
-        trainable=False)
+    self._build_clock()
     # Ids looked up in training, and how many of them had no row (not yet
     # admitted, or no room): 1 - misses / ids is the admission rate.
-    self.training_ids = self.add_weight(
-        name="training_ids", shape=[], dtype=tf.int64, initializer="zeros",
-        trainable=False)
-    self.training_misses = self.add_weight(
-        name="training_misses", shape=[], dtype=tf.int64,
-        initializer="zeros", trainable=False)
+    self.training_ids = self._add_counter("training_ids")
+    self.training_misses = self._add_counter("training_misses")
     # The XLA-compiled blocks (used when `jit_compile`), one per layer so
     # that eager calls reuse their compilations. Set past Keras's tracking:
     # they are never saved with the layer.
@@ -466,12 +457,16 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         shard._build_state()  # pylint: disable=protected-access
       shard.built = True
     # The layer's own clock and patch sequence (the shards keep theirs).
-    self.clock = self.add_weight(
-        name="clock", shape=[], dtype=tf.int64, initializer="zeros",
-        trainable=False)
-    self.patch_sequence = self.add_weight(
-        name="patch_sequence", shape=[], dtype=tf.int64, initializer="zeros",
-        trainable=False)
+    self._build_clock()
+
+  def _add_counter(self, name):
+    """An int64 scalar of the layer's state, starting at 0."""
+    return self.add_weight(name=name, shape=[], dtype=tf.int64,
+                           initializer="zeros", trainable=False)
+
+  def _build_clock(self):
+    self.clock = self._add_counter("clock")
+    self.patch_sequence = self._add_counter("patch_sequence")
 
   @property
   def shards(self) -> List["CollisionlessEmbedding"]:
