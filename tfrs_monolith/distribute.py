@@ -145,11 +145,16 @@ class LocalCluster:
   """Parameter servers and workers as servers in this process, on loopback.
 
   For tests and local runs: `resolver` is what `parameter_server_strategy`
-  takes. TensorFlow servers cannot be stopped; they end with the process.
+  takes. With `chief`, the spec also names a chief address for this
+  process, and `tf_config("chief", 0)` is the `TF_CONFIG` under which
+  `strategy_scope()` coordinates this cluster. `extra_workers` / `extra_ps`
+  are addresses of tasks run elsewhere (`tfrs-monolith server` with
+  `tf_config(job, index)`), after the in-process ones. TensorFlow servers
+  cannot be stopped; they end with the process.
   """
 
   def __init__(self, num_workers: int = 2, num_ps: int = 2,
-               extra_workers=(), extra_ps=()):
+               extra_workers=(), extra_ps=(), chief: bool = False):
     for name, value in (("num_workers", num_workers), ("num_ps", num_ps)):
       if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"`{name}` must be an int >= 0. Received: "
@@ -160,6 +165,8 @@ class LocalCluster:
         "ps": [f"localhost:{free_port()}" for _ in range(num_ps)]
               + list(extra_ps),
     }
+    if chief:
+      self.spec["chief"] = [f"localhost:{free_port()}"]
     cluster = tf.train.ClusterSpec(self.spec)
     self.servers = [
         tf.distribute.Server(cluster, job_name=job, task_index=index,

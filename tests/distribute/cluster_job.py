@@ -202,11 +202,12 @@ def concurrent_inserts(out, strategy, steps=40, batch=1024):
 
 
 def scenario_online(out, tmp):
-  """Batch training, then the online trainer, on 2 PS + 2 workers; patches
+  """Batch training, then the online trainer, on 2 PS + 2 workers found
+  through TF_CONFIG (as `train-batch` / `train-online` find them); patches
   rebuild the tables; the exports serve."""
-  cluster = distribute.LocalCluster(num_workers=2, num_ps=2)
-  strategy = distribute.parameter_server_strategy(cluster.resolver)
-  with strategy.scope():
+  cluster = distribute.LocalCluster(num_workers=2, num_ps=2, chief=True)
+  os.environ["TF_CONFIG"] = cluster.tf_config("chief", 0)
+  with distribute.strategy_scope():
     model = online_model.Ranking(capacity=1024, item_min_count=2, ttl=600,
                                  reduction=SUM)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(0.05))
@@ -261,6 +262,7 @@ def scenario_online(out, tmp):
   out["checkpoints"] = stats.checkpoints
   out["iterations"] = int(model.optimizer.iterations.numpy())
   out["num_shards"] = model.user.num_shards
+  out["strategy"] = type(model.distribute_strategy).__name__
 
   consumer = transport.consumer([topics.patches], "check")
   replicas = online_model.replica_tables(capacity=1024)

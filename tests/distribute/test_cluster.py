@@ -102,6 +102,7 @@ def test_batch_then_online_training_on_the_cluster(tmp_path):
   assert batch["examples"] == 2000
   assert batch["iterations"] == 2 * 20          # 2 epochs of 20 steps.
   assert out["restored_from"].endswith("ckpt-1")
+  assert out["strategy"] == "ParameterServerStrategyV2"
   assert out["num_shards"] == 2
   # Every good example trained; the bad one dead-lettered.
   assert out["examples"] == 3000
