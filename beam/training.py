@@ -52,7 +52,8 @@ def read_examples(file_pattern: str,
                   feature_spec: Optional[Mapping] = None,
                   batch_size: int = 1024,
                   shuffle_buffer: int = 0,
-                  seed: Optional[int] = None) -> tf.data.Dataset:
+                  seed: Optional[int] = None,
+                  shuffle_files: bool = False) -> tf.data.Dataset:
   """Batches of parsed examples from gzip TFRecord shards.
 
   Args:
@@ -62,6 +63,7 @@ def read_examples(file_pattern: str,
     batch_size: examples per batch.
     shuffle_buffer: shuffle examples in a buffer of this size (0: no).
     seed: shuffle seed.
+    shuffle_files: read the shards in a random order, interleaved.
 
   Raises:
     ValueError: if no file matches.
@@ -72,7 +74,14 @@ def read_examples(file_pattern: str,
     raise ValueError(f"`batch_size` must be a positive int. Received: "
                      f"batch_size={batch_size!r}")
   spec = dict(feature_spec or online.DEFAULT_FEATURE_SPEC)
-  dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+  if shuffle_files:
+    dataset = tf.data.Dataset.from_tensor_slices(files).shuffle(
+        len(files), seed=seed).interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+            cycle_length=min(len(files), 4),
+            num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
   return (dataset.batch(batch_size)
@@ -129,8 +138,10 @@ def train(model: tf.keras.Model,
       correction) when negatives were down-sampled.
     assets_extra: files for the version's `assets.extra/` (e.g. TF
       Serving warm-up requests), passed to the export.
-    shuffle_buffer: shuffle the examples in a buffer of this size.
-    seed: shuffle seed.
+    shuffle_buffer: shuffle the examples in a buffer of this size (on a
+      cluster, at least 16 batches).
+    seed: shuffle seed (not used on a cluster, where each worker shuffles
+      at random).
     verbose: `model.fit` verbosity.
 
   Returns:
@@ -161,11 +172,15 @@ def train(model: tf.keras.Model,
   if isinstance(model.distribute_strategy,
                 tf.distribute.experimental.ParameterServerStrategy):
     # On a cluster, each worker reads the store itself (it must be on
-    # storage every worker sees) and an epoch is a number of steps.
+    # storage every worker sees) and an epoch is a number of steps. Every
+    # worker gets input_pipeline_id 0, so the store cannot be split among
+    # them: each shuffles shards and examples at random instead (no seed),
+    # so that they do not train on the same examples in the same order.
     def dataset_fn(input_context=None):
       del input_context
-      return read_examples(file_pattern, spec, batch_size, shuffle_buffer,
-                           seed).repeat()
+      return read_examples(file_pattern, spec, batch_size,
+                           max(shuffle_buffer, 16 * batch_size), None,
+                           shuffle_files=True).repeat()
     history = model.fit(
         tf.keras.utils.experimental.DatasetCreator(dataset_fn),
         epochs=epochs, steps_per_epoch=max(1, -(-examples // batch_size)),
