@@ -70,6 +70,10 @@ def _check_features(features: Mapping[str, Any]):
         raise streams.MalformedMessage(
             f"bad field: impression feature {name!r} is not finite: "
             f"{value!r}")
+      if isinstance(v, int) and not -(1 << 63) <= v < (1 << 63):
+        raise streams.MalformedMessage(
+            f"bad field: impression feature {name!r} must fit in int64, "
+            f"got {v!r}")
       kinds.add(str if isinstance(v, str) else
                 float if isinstance(v, float) else int)
     if len(kinds) > 1 and kinds != {int, float}:

@@ -44,6 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.options.pipeline_options import StandardOptions
 
+from tfrs_monolith import streams
 from tfrs_monolith.beam import events as events_lib
 from tfrs_monolith.beam import join as join_lib
 from tfrs_monolith.beam import sampling as sampling_lib
@@ -156,6 +157,9 @@ def build(pipeline: beam.Pipeline, options: JoinOptions):
     from apache_beam.io import kafka  # pylint: disable=g-import-not-at-top
     consumer = {"bootstrap.servers": options.kafka_bootstrap_servers,
                 "auto.offset.reset": "earliest"}
+    # The same TLS / SASL login as every other client of the project
+    # ($TFRS_MONOLITH_KAFKA_CONFIG), as Java client properties.
+    consumer.update(streams.kafka_java_config())
     messages = tuple(
         pipeline | f"Read{name.title()}" >> kafka.ReadFromKafka(
             consumer_config=consumer, topics=[topic])

@@ -15,7 +15,8 @@
 """Install, start, wait for, restart and stop a real Apache Kafka broker.
 
 A single-node KRaft cluster (one process that is both broker and controller)
-listening on loopback only, for tests and local runs.  Standard library only.
+listening on loopback only, for tests and local runs.  Standard library only
+(but for ``KafkaBroker.add_user``, which uses kafka-python).
 
 The broker jars come from Maven Central through ``scripts/kafka/pom.xml`` and
 are copied into ``<repo>/.cache/kafka/lib`` (never committed)::
@@ -32,8 +33,27 @@ From Python::
     with KafkaBroker("/tmp/kafka-data") as broker:
         print(broker.bootstrap_servers)   # 127.0.0.1:<port>
 
-Needs Java 17+ (``$JAVA_HOME/bin/java`` or ``java`` on PATH) and, for
-``fetch``, Maven (``$MVN`` or ``mvn`` on PATH).
+A secured broker (``security="sasl_ssl"``) accepts clients only over TLS and
+only after SASL/SCRAM authentication (SCRAM-SHA-512 or SCRAM-SHA-256)::
+
+    broker = KafkaBroker("/tmp/kafka-secure", security="sasl_ssl",
+                         users={"alice": "alice-secret"}).start()
+    broker.client_properties("/tmp/alice.properties", "alice",
+                             "alice-secret")
+    # TFRS_MONOLITH_KAFKA_CONFIG=/tmp/alice.properties for tfrs_monolith.
+
+From the command line, the password of ``--user alice`` comes from
+``$TFRS_MONOLITH_KAFKA_PASSWORD`` (``--user alice:secret`` also works, for
+local tests only: command lines are visible to other local users)::
+
+    export TFRS_MONOLITH_KAFKA_PASSWORD=alice-secret
+    python scripts/kafka_broker.py start --data-dir runs/kafka-secure \\
+        --security sasl_ssl --user alice \\
+        --client-properties runs/alice.properties
+
+Needs Java 17+ (``$JAVA_HOME/bin/java`` or ``java`` on PATH; its ``keytool``
+makes the TLS certificate) and, for ``fetch``, Maven (``$MVN`` or ``mvn`` on
+PATH).
 """
 
 from __future__ import annotations
@@ -45,6 +65,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -74,6 +96,24 @@ PID_NAME = "kafka.pid"
 SERVER_LOG_NAME = "server.log"  # log4j2 output of the broker
 STDOUT_NAME = "kafka.out"    # the JVM's own stdout/stderr
 LOG_DIRS_NAME = "logs"       # log.dirs: partitions and KRaft metadata
+SECRETS_NAME = "secrets.json"  # generated passwords (mode 0600)
+TLS_DIR_NAME = "tls"         # the broker's key store and its CA (PEM)
+KEYSTORE_NAME = "broker.p12"
+CA_NAME = "ca.pem"
+ADMIN_PROPS_NAME = "admin.properties"  # the admin user's client settings
+
+# Client security of a broker (``KafkaBroker(security=...)``).
+SECURITY_PROTOCOLS = {
+    "plaintext": "PLAINTEXT",
+    "sasl_plaintext": "SASL_PLAINTEXT",
+    "sasl_ssl": "SASL_SSL",
+}
+SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+SCRAM_ITERATIONS = 8192
+ADMIN_USER = "admin"  # inter-broker and controller logins
+# Where the CLI reads a --user's password from when none is given after ':'.
+PASSWORD_ENV = "TFRS_MONOLITH_KAFKA_PASSWORD"
+_USER_NAME = re.compile(r"[A-Za-z0-9._@-]+")
 
 # Printed (INFO, logger kafka.server.KafkaRaftServer) once the broker is
 # registered with the controller, unfenced and serving on its listeners.
@@ -250,11 +290,61 @@ def _tail(path: Path, max_bytes: int = 6000) -> str:
     return ""
 
 
-def _write_properties(path: Path, props: dict) -> None:
-  lines = [f"{key}={value}" for key, value in props.items()]
+def _write_properties(path: Path, props: dict, private: bool = False) -> None:
+  """Writes ``props``; ``private`` files (they hold passwords) get 0600."""
+  _write_text(path, _property_lines(props), private)
+
+
+def _property_lines(props: dict) -> str:
+  """``key=value`` lines that ``java.util.Properties.load`` reads back."""
+  def escape(text):
+    text = (str(text).replace("\\", "\\\\").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+    return "\\" + text if text.startswith((" ", "\t")) else text
+  return "".join(f"{escape(key)}={escape(value)}\n"
+                 for key, value in props.items())
+
+
+def _write_text(path: Path, text: str, private: bool = False) -> None:
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  tmp.unlink(missing_ok=True)
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+               0o600 if private else 0o644)
+  with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    handle.write(text)
   tmp.replace(path)
+
+
+def _check_user(name, password) -> None:
+  if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+    raise ValueError("a SCRAM user name must be letters, digits, '.', '_', "
+                     f"'@' or '-'. Received: user={name!r}")
+  if not isinstance(password, str) or not password:
+    # Never echo a password.
+    raise ValueError(f"the password of user {name!r} must be a non-empty "
+                     "string")
+
+
+def _jaas_quote(text: str) -> str:
+  return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def scram_credential(mechanism: str, name: str, password: str,
+                     iterations: int = SCRAM_ITERATIONS) -> str:
+  """A ``kafka-storage format --add-scram`` argument for one user.
+
+  Carries the salted password (RFC 5802 ``Hi()``, i.e. PBKDF2), not the
+  password itself, so that neither the password nor characters in it that
+  the tool's syntax reserves reach its command line.
+  """
+  _check_user(name, password)
+  digest = {"SCRAM-SHA-512": "sha512", "SCRAM-SHA-256": "sha256"}[mechanism]
+  salt = secrets.token_bytes(16)
+  salted = hashlib.pbkdf2_hmac(digest, password.encode("utf-8"), salt,
+                               iterations)
+  return (f"{mechanism}=[name={name},iterations={iterations},"
+          f'salt="{base64.b64encode(salt).decode()}",'
+          f'saltedpassword="{base64.b64encode(salted).decode()}"]')
 
 
 _LOG4J2 = """\
@@ -295,10 +385,32 @@ class KafkaBroker:
   start; restarts (and later ``KafkaBroker`` objects on the same
   ``data_dir``) reuse the ports recorded in ``data_dir/broker.json``.  The
   caller owns ``data_dir``: nothing here ever deletes it.
+
+  ``security`` chooses how clients connect to ``port``:
+
+  * ``"plaintext"`` (the default): no TLS, no authentication.
+  * ``"sasl_plaintext"``: SASL/SCRAM authentication (SCRAM-SHA-512 and
+    SCRAM-SHA-256), no TLS.
+  * ``"sasl_ssl"``: SASL/SCRAM over TLS. A self-signed certificate for
+    ``127.0.0.1`` and ``localhost`` is made in ``data_dir/tls`` on the first
+    start; clients trust it through ``ca_file`` (PEM).
+
+  With SASL, ``port`` is the only listener clients can use, and it serves
+  authenticated clients only; it is the inter-broker listener too, where the
+  broker logs in as a generated ``admin`` SCRAM user. The KRaft controller
+  listener (``controller_port``) takes SASL/PLAIN logins of that same admin
+  user only. The generated passwords live in ``data_dir/secrets.json`` and
+  ``server.properties`` (both mode 0600). ``users`` (``{name: password}``)
+  are the SCRAM users clients log in as (both mechanisms). They are created
+  when the storage is formatted (first start); users new to a formatted
+  ``data_dir`` are added once the broker runs (see `add_user`). The security
+  of a ``data_dir`` is recorded: ``security=None`` reuses it.
+  No authorizer is configured: every authenticated user may do anything.
   """
 
   def __init__(self, data_dir, port: int = 0, controller_port: int = 0,
-               heap: str = "512m", lib=None, extra_properties=None):
+               heap: str = "512m", lib=None, extra_properties=None,
+               security: str | None = None, users=None):
     self.data_dir = Path(data_dir).resolve()
     self.heap = heap
     self.lib = Path(lib).resolve() if lib else None
@@ -308,6 +420,31 @@ class KafkaBroker:
     self.controller_port = (int(controller_port)
                             or int(state.get("controller_port", 0)))
     self.cluster_id = state.get("cluster_id")
+    recorded = state.get("security", "plaintext")
+    if security is None:
+      security = recorded
+    if security not in SECURITY_PROTOCOLS:
+      raise ValueError(f"`security` must be one of "
+                       f"{', '.join(SECURITY_PROTOCOLS)}. Received: "
+                       f"security={security!r}")
+    if (security != "plaintext" and recorded == "plaintext"
+        and self.formatted):
+      raise ValueError(
+          f"{self.data_dir} was formatted for security='plaintext' and has "
+          f"no admin SCRAM user: use a fresh data_dir for "
+          f"security={security!r}")
+    self.security = security
+    users = dict(users or {})
+    if users and security == "plaintext":
+      raise ValueError("`users` need security='sasl_plaintext' or "
+                       f"'sasl_ssl'. Received: security={security!r}")
+    for name, password in users.items():
+      _check_user(name, password)
+      if name == ADMIN_USER:
+        raise ValueError(f"the user name {ADMIN_USER!r} is the broker's own."
+                         f" Received: users with {name!r}")
+    self.users = users
+    self._known_users = list(state.get("users", []))
     self._proc: subprocess.Popen | None = None
     self._atexit_registered = False
     self.last_start_seconds: float | None = None
@@ -319,6 +456,36 @@ class KafkaBroker:
     if not self.port:
       raise RuntimeError("the broker has no port yet: call start() first")
     return f"127.0.0.1:{self.port}"
+
+  @property
+  def security_protocol(self) -> str:
+    """The protocol clients use: PLAINTEXT, SASL_PLAINTEXT or SASL_SSL."""
+    return SECURITY_PROTOCOLS[self.security]
+
+  @property
+  def sasl(self) -> bool:
+    return self.security != "plaintext"
+
+  @property
+  def tls(self) -> bool:
+    return self.security == "sasl_ssl"
+
+  @property
+  def ca_file(self) -> Path | None:
+    """The PEM certificate clients trust (``sasl_ssl`` only, else None).
+
+    It exists once the broker has started.
+    """
+    return self.data_dir / TLS_DIR_NAME / CA_NAME if self.tls else None
+
+  @property
+  def keystore_file(self) -> Path:
+    return self.data_dir / TLS_DIR_NAME / KEYSTORE_NAME
+
+  @property
+  def admin_properties_file(self) -> Path:
+    """Client settings of the admin user, for Kafka's Java tools."""
+    return self.data_dir / ADMIN_PROPS_NAME
 
   @property
   def properties_file(self) -> Path:
@@ -352,8 +519,22 @@ class KafkaBroker:
 
   def _write_state(self) -> None:
     state = {"port": self.port, "controller_port": self.controller_port,
-             "cluster_id": self.cluster_id, "kafka_version": KAFKA_VERSION}
+             "cluster_id": self.cluster_id, "kafka_version": KAFKA_VERSION,
+             "security": self.security, "users": self._known_users}
     (self.data_dir / STATE_NAME).write_text(json.dumps(state, indent=2) + "\n")
+
+  def _secrets(self) -> dict:
+    """Generated passwords (admin login, key store), made on first use."""
+    path = self.data_dir / SECRETS_NAME
+    try:
+      data = json.loads(path.read_text())
+    except (OSError, ValueError):
+      data = {}
+    if not {"admin_password", "keystore_password"} <= set(data):
+      data = {"admin_password": secrets.token_urlsafe(24),
+              "keystore_password": secrets.token_urlsafe(24), **data}
+      _write_text(path, json.dumps(data, indent=2) + "\n", private=True)
+    return data
 
   @property
   def pid(self) -> int | None:
@@ -408,8 +589,94 @@ class KafkaBroker:
         "num.recovery.threads.per.data.dir": 1,
         "log.retention.hours": 168,
     }
+    if self.sasl:
+      props.update(self._security_properties())
     props.update(self.extra_properties)
     return props
+
+  def _security_properties(self) -> dict:
+    """Listeners and logins of a SASL broker (see the class docstring)."""
+    port, cport = self.port, self.controller_port
+    name = self.security_protocol  # the listener's name is its protocol's
+    admin = self._secrets()["admin_password"]
+    scram_login = ("org.apache.kafka.common.security.scram.ScramLoginModule "
+                   f"required username={_jaas_quote(ADMIN_USER)} "
+                   f"password={_jaas_quote(admin)};")
+    plain_login = ("org.apache.kafka.common.security.plain.PlainLoginModule "
+                   f"required username={_jaas_quote(ADMIN_USER)} "
+                   f"password={_jaas_quote(admin)} "
+                   f"user_{ADMIN_USER}={_jaas_quote(admin)};")
+    listener = f"listener.name.{name.lower()}"
+    props = {
+        "listeners": (f"{name}://127.0.0.1:{port},"
+                      f"CONTROLLER://127.0.0.1:{cport}"),
+        "advertised.listeners": f"{name}://127.0.0.1:{port}",
+        "inter.broker.listener.name": name,
+        "listener.security.protocol.map":
+            f"CONTROLLER:SASL_PLAINTEXT,{name}:{name}",
+        "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISMS[0],
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain_login,
+    }
+    for mechanism in SCRAM_MECHANISMS:
+      props[f"{listener}.{mechanism.lower()}.sasl.jaas.config"] = scram_login
+    if self.tls:
+      keystore_password = self._secrets()["keystore_password"]
+      props.update({
+          "ssl.keystore.type": "PKCS12",
+          "ssl.keystore.location": str(self.keystore_file),
+          "ssl.keystore.password": keystore_password,
+          "ssl.key.password": keystore_password,
+          "ssl.truststore.type": "PEM",
+          "ssl.truststore.location": str(self.ca_file),
+          "ssl.client.auth": "none",
+          "ssl.endpoint.identification.algorithm": "https",
+      })
+    return props
+
+  def _client_settings(self, user: str, password: str | None) -> dict:
+    settings = {"security.protocol": self.security_protocol,
+                "sasl.mechanism": SCRAM_MECHANISMS[0]}
+    if password is None:
+      settings["sasl.username"] = user
+    else:
+      settings["sasl.jaas.config"] = (
+          "org.apache.kafka.common.security.scram.ScramLoginModule required "
+          f"username={_jaas_quote(user)} password={_jaas_quote(password)};")
+    if self.tls:
+      settings.update({"ssl.truststore.type": "PEM",
+                       "ssl.truststore.location": str(self.ca_file),
+                       "ssl.endpoint.identification.algorithm": "https"})
+    return settings
+
+  def client_properties(self, path, user: str,
+                        password: str | None = None) -> Path:
+    """Writes a Kafka client ``.properties`` file for ``user``; returns it.
+
+    The file uses the standard client names (``security.protocol``,
+    ``sasl.mechanism``, ``sasl.jaas.config``, a PEM trust store), so it
+    serves Kafka's Java tools as well as ``TFRS_MONOLITH_KAFKA_CONFIG``.
+    Without ``password`` the file names only the user (``sasl.username``,
+    which only tfrs_monolith reads) and ``$TFRS_MONOLITH_KAFKA_PASSWORD``
+    must supply the password. The file is written with mode 0600.
+    """
+    if not self.sasl:
+      raise ValueError("client_properties needs a SASL broker. Received: "
+                       f"security={self.security!r}")
+    if password is not None:
+      _check_user(user, password)
+    elif not isinstance(user, str) or not _USER_NAME.fullmatch(user):
+      raise ValueError(f"`user` must be a SCRAM user name. Received: "
+                       f"user={user!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Kafka client settings for {user} at "
+              f"{self.security_protocol}://127.0.0.1:{self.port}\n")
+    _write_text(path, header + _property_lines(self._client_settings(
+        user, password)), private=True)
+    return path
 
   def _classpath(self) -> str:
     lib = self.lib or fetch()  # fetch() returns at once once fetched
@@ -432,6 +699,15 @@ class KafkaBroker:
     cmd = self._java_cmd("256m") + [
         "kafka.tools.StorageTool", "format", "--standalone",
         "-t", self.cluster_id, "-c", str(self.properties_file)]
+    if self.sasl:
+      # SCRAM users of a KRaft cluster are records of its metadata log:
+      # the first ones are written at format time.
+      cmd += ["--add-scram", scram_credential(
+          SCRAM_MECHANISMS[0], ADMIN_USER,
+          self._secrets()["admin_password"])]
+      for name, password in sorted(self.users.items()):
+        for mechanism in SCRAM_MECHANISMS:
+          cmd += ["--add-scram", scram_credential(mechanism, name, password)]
     result = subprocess.run(cmd, stdin=subprocess.DEVNULL, text=True,
                             capture_output=True, check=False)
     if result.returncode != 0:
@@ -439,6 +715,55 @@ class KafkaBroker:
           f"formatting Kafka storage in {self.log_dirs} failed "
           f"(exit {result.returncode}):\n{result.stdout}{result.stderr}"
           f"\n{_tail(self.log_file, 3000)}")
+    self._known_users = sorted(self.users)
+
+  def _keytool(self) -> str:
+    keytool = Path(_java()).resolve().parent / "keytool"
+    if keytool.exists():
+      return str(keytool)
+    found = shutil.which("keytool")
+    if not found:
+      raise RuntimeError("keytool not found next to java or on PATH")
+    return found
+
+  def _ensure_tls(self) -> None:
+    """A self-signed key pair and certificate (first start only).
+
+    The certificate names ``IP:127.0.0.1`` and ``DNS:localhost``, so that
+    clients verify the broker's host name; ``ca_file`` is it in PEM.
+    """
+    keystore, ca_file = self.keystore_file, self.ca_file
+    if keystore.exists() and ca_file.exists():
+      return
+    keystore.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keystore.unlink(missing_ok=True)
+    env = dict(os.environ,
+               KAFKA_BROKER_STOREPASS=self._secrets()["keystore_password"])
+    keytool = self._keytool()
+    # Passwords reach keytool through its environment, never argv.
+    commands = [
+        [keytool, "-genkeypair", "-alias", "broker", "-keyalg", "EC",
+         "-groupname", "secp256r1", "-sigalg", "SHA256withECDSA",
+         "-validity", "3650", "-dname", "CN=localhost",
+         "-ext", "SAN=ip:127.0.0.1,dns:localhost",
+         "-ext", "BC:c=ca:true",
+         "-storetype", "PKCS12", "-keystore", str(keystore),
+         "-storepass:env", "KAFKA_BROKER_STOREPASS"],
+        [keytool, "-exportcert", "-rfc", "-alias", "broker",
+         "-storetype", "PKCS12", "-keystore", str(keystore),
+         "-storepass:env", "KAFKA_BROKER_STOREPASS",
+         "-file", str(ca_file) + ".tmp"],
+    ]
+    for cmd in commands:
+      result = subprocess.run(cmd, stdin=subprocess.DEVNULL, text=True,
+                              capture_output=True, check=False, env=env)
+      if result.returncode != 0:
+        keystore.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"{' '.join(cmd[:2])} failed (exit {result.returncode}):\n"
+            f"{result.stdout}{result.stderr}")
+    keystore.chmod(0o600)
+    Path(str(ca_file) + ".tmp").replace(ca_file)
 
   # -- lifecycle ----------------------------------------------------------
 
@@ -469,6 +794,10 @@ class KafkaBroker:
       self._prepare(fresh)
       try:
         self._launch_and_wait(timeout, detach)
+        new_users = {name: password for name, password in self.users.items()
+                     if name not in self._known_users}
+        if new_users:
+          self._add_users(new_users)
         return self
       except _PortTaken:
         if attempt + 1 >= attempts:
@@ -489,7 +818,13 @@ class KafkaBroker:
       raise ValueError("port and controller_port must differ")
     (self.data_dir / LOG4J_NAME).write_text(
         _LOG4J2.format(log=self.log_file), encoding="utf-8")
-    _write_properties(self.properties_file, self.properties())
+    if self.tls:
+      self._ensure_tls()
+    _write_properties(self.properties_file, self.properties(),
+                      private=self.sasl)
+    if self.sasl:
+      _write_properties(self.admin_properties_file, self._client_settings(
+          ADMIN_USER, self._secrets()["admin_password"]), private=True)
     if fresh:
       self._format()
     self._write_state()
@@ -540,6 +875,54 @@ class KafkaBroker:
             f"{timeout:.0f}s (port {self.port} open: "
             f"{_port_open(self.port)})\n" + self._diagnostics(log))
       time.sleep(0.2)
+
+  def add_user(self, name: str, password: str) -> None:
+    """Creates SCRAM user ``name`` (or sets its password) on the running
+    broker, for both SCRAM mechanisms.  Needs kafka-python."""
+    _check_user(name, password)
+    if name == ADMIN_USER:
+      raise ValueError(f"the user name {ADMIN_USER!r} is the broker's own. "
+                       f"Received: name={name!r}")
+    self._add_users({name: password})
+    self.users[name] = password
+
+  def _add_users(self, users: dict) -> None:
+    if not self.sasl:
+      raise ValueError("SCRAM users need security='sasl_plaintext' or "
+                       f"'sasl_ssl'. Received: security={self.security!r}")
+    if not self.is_running():
+      raise RuntimeError(f"no broker runs from {self.data_dir}: start it "
+                         "before adding users")
+    try:
+      # pylint: disable-next=import-outside-toplevel
+      from kafka.admin import KafkaAdminClient, UserScramCredentialUpsertion
+    except ImportError as error:
+      raise RuntimeError("adding SCRAM users to a running broker needs "
+                         "kafka-python (pip install kafka-python)") from error
+    settings = {"security_protocol": self.security_protocol,
+                "sasl_mechanism": SCRAM_MECHANISMS[0],
+                "sasl_plain_username": ADMIN_USER,
+                "sasl_plain_password": self._secrets()["admin_password"]}
+    if self.tls:
+      settings["ssl_cafile"] = str(self.ca_file)
+    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                             bootstrap_timeout_ms=30_000, **settings)
+    failed = {}
+    try:
+      # One request per mechanism: a request may alter a user only once.
+      for mechanism in SCRAM_MECHANISMS:
+        errors = admin.alter_user_scram_credentials([
+            UserScramCredentialUpsertion(name, mechanism, password,
+                                         iterations=SCRAM_ITERATIONS)
+            for name, password in sorted(users.items())])
+        failed.update({name: error for name, error in errors.items()
+                       if error})
+    finally:
+      admin.close()
+    if failed:
+      raise RuntimeError(f"adding SCRAM users failed: {failed}")
+    self._known_users = sorted(set(self._known_users) | set(users))
+    self._write_state()
 
   def _log_since(self, offset: int) -> str:
     try:
@@ -624,11 +1007,17 @@ class KafkaBroker:
 
   def status(self) -> dict:
     pid = self.pid
-    return {"running": pid is not None, "pid": pid,
-            "bootstrap_servers": (f"127.0.0.1:{self.port}"
-                                  if self.port else None),
-            "port_open": bool(self.port) and _port_open(self.port),
-            "data_dir": str(self.data_dir)}
+    status = {"running": pid is not None, "pid": pid,
+              "bootstrap_servers": (f"127.0.0.1:{self.port}"
+                                    if self.port else None),
+              "port_open": bool(self.port) and _port_open(self.port),
+              "data_dir": str(self.data_dir),
+              "security_protocol": self.security_protocol}
+    if self.sasl:
+      status["users"] = self._known_users
+    if self.tls:
+      status["ca_file"] = str(self.ca_file)
+    return status
 
   def __enter__(self) -> "KafkaBroker":
     return self.start()
@@ -638,7 +1027,8 @@ class KafkaBroker:
 
   def __repr__(self) -> str:
     return (f"KafkaBroker(data_dir={str(self.data_dir)!r}, port={self.port},"
-            f" controller_port={self.controller_port})")
+            f" controller_port={self.controller_port}, "
+            f"security={self.security!r})")
 
 
 class _PortTaken(RuntimeError):
@@ -663,6 +1053,22 @@ def main(argv=None) -> int:
   start.add_argument("--controller-port", type=int, default=0)
   start.add_argument("--heap", default="512m")
   start.add_argument("--timeout", type=float, default=90)
+  start.add_argument(
+      "--security", choices=sorted(SECURITY_PROTOCOLS), default=None,
+      help="client security: plaintext (default for a new data dir), "
+      "sasl_plaintext (SCRAM logins) or sasl_ssl (SCRAM logins over TLS); "
+      "default: the data dir's")
+  start.add_argument(
+      "--user", action="append", default=[], metavar="NAME[:PASSWORD]",
+      help="a SCRAM user clients log in as (repeatable). Without "
+      f":PASSWORD the password is read from ${PASSWORD_ENV}. A password "
+      "on the command line is for local tests only: other local users can "
+      "see it")
+  start.add_argument(
+      "--client-properties", type=Path, metavar="PATH",
+      help="write a Kafka client .properties file for the first --user "
+      "(for TFRS_MONOLITH_KAFKA_CONFIG); it holds the password only when "
+      "the password was given on the command line")
   for name, text in (("stop", "stop the broker of a data dir"),
                      ("status", "is the broker of a data dir running?")):
     cmd = sub.add_parser(name, help=text)
@@ -670,6 +1076,19 @@ def main(argv=None) -> int:
     if name == "stop":
       cmd.add_argument("--timeout", type=float, default=30)
   args = parser.parse_args(argv)
+
+  def users():
+    out, from_env = {}, {}
+    for spec in args.user:
+      name, sep, password = spec.partition(":")
+      if not sep:
+        password = os.environ.get(PASSWORD_ENV, "")
+        if not password:
+          raise ValueError(f"--user {name} needs a password: set "
+                           f"${PASSWORD_ENV} (or use NAME:PASSWORD)")
+      out[name] = password
+      from_env[name] = not sep
+    return out, from_env
 
   try:
     if args.command == "fetch":
@@ -686,13 +1105,26 @@ def main(argv=None) -> int:
         print(f"already running (pid {running.pid})", file=sys.stderr)
         print(running.bootstrap_servers)
         return 0
+      user_passwords, from_env = users()
+      if args.client_properties and not user_passwords:
+        raise ValueError("--client-properties needs a --user")
       broker = KafkaBroker(args.data_dir, port=args.port,
                            controller_port=args.controller_port,
-                           heap=args.heap)
+                           heap=args.heap, security=args.security,
+                           users=user_passwords)
       broker.start(timeout=args.timeout, detach=True)
       print(f"Kafka {KAFKA_VERSION} started in "
-            f"{broker.last_start_seconds:.1f}s (pid {broker.pid}, logs in "
-            f"{broker.log_file})", file=sys.stderr)
+            f"{broker.last_start_seconds:.1f}s (pid {broker.pid}, "
+            f"{broker.security_protocol}, logs in {broker.log_file})",
+            file=sys.stderr)
+      if broker.tls:
+        print(f"CA certificate (PEM): {broker.ca_file}", file=sys.stderr)
+      if args.client_properties:
+        name = next(iter(user_passwords))
+        path = broker.client_properties(
+            args.client_properties, name,
+            None if from_env[name] else user_passwords[name])
+        print(f"client settings of {name}: {path}", file=sys.stderr)
       print(broker.bootstrap_servers)
       return 0
     broker = KafkaBroker(args.data_dir)

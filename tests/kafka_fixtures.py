@@ -27,6 +27,11 @@ Fixtures:
   tests that restart or kill a broker without disturbing the shared one).
 * ``kafka_topic_prefix`` (function): a prefix unique to the test, for topic and
   group names, so that tests never share topics on the session broker.
+* ``kafka_secure_broker`` (module): a broker whose only client listener takes
+  SASL/SCRAM logins over TLS (``security="sasl_ssl"``), with the users of
+  ``SECURE_USERS``; ``broker.client_properties(path, user, password)``
+  writes a client ``.properties`` file for ``TFRS_MONOLITH_KAFKA_CONFIG``
+  and ``broker.ca_file`` is its CA certificate (PEM).
 
 ``from kafka_fixtures import KafkaBroker`` gives the broker class itself.
 
@@ -44,7 +49,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["kafka_broker", "kafka_broker_factory", "kafka_topic_prefix"]
+__all__ = ["kafka_broker", "kafka_broker_factory", "kafka_topic_prefix",
+           "kafka_secure_broker"]
 
 _SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka_broker.py"
 
@@ -114,3 +120,22 @@ def kafka_topic_prefix(request):
   name = re.sub(r"[^a-zA-Z0-9._-]+", "_", request.node.name)
   module = re.sub(r"[^a-zA-Z0-9._-]+", "_", request.node.path.stem)
   return f"t{next(_counter)}-{module}-{name}"[:180] + "-"
+
+
+# The SCRAM users of ``kafka_secure_broker``: {name: password}.
+SECURE_USERS = {"alice": "alice-secret-5c1e", "bob": "bob-secret-93d0"}
+
+
+@pytest.fixture(scope="module")
+def kafka_secure_broker(tmp_path_factory):
+  """A SASL_SSL (SCRAM) broker for the tests of one module."""
+  kafka_broker_module.fetch(quiet=True)
+  data_dir = tmp_path_factory.mktemp("kafka-secure")
+  broker = kafka_broker_module.KafkaBroker(
+      data_dir, security="sasl_ssl", users=SECURE_USERS)
+  broker.start()
+  try:
+    yield broker
+  finally:
+    broker.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -37,8 +37,11 @@ import collections
 import dataclasses
 import fcntl
 import json
+import logging
 import math
 import os
+import re
+import reprlib
 import struct
 import time
 import urllib.parse
@@ -47,8 +50,10 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "Record", "Transport", "Producer", "Consumer", "FileTransport",
-    "KafkaTransport", "open_transport", "DeadLetterQueue", "dead_letter",
-    "MalformedMessage",
+    "KafkaTransport", "open_transport", "kafka_client_config",
+    "kafka_java_config", "BrokerConnectionError", "DeadLetterQueue",
+    "dead_letter",
+    "MalformedMessage", "MAX_EVENT_BYTES", "MAX_ID_BYTES",
     "Topics", "parse_impression", "parse_action", "parse_example",
     "encode_event",
 ]
@@ -169,12 +174,19 @@ class Transport(abc.ABC):
 def open_transport(url: str, **config) -> Transport:
   """A transport from a URL: `kafka://h:p[,h:p]` or `file:///dir`.
 
+  For `kafka://` URLs, the environment variable `TFRS_MONOLITH_KAFKA_CONFIG`
+  may name a Kafka client `.properties` file (see `kafka_client_config`):
+  its TLS and SASL settings then apply to every client of the transport.
+  This is how the trainer, the serving sidecar and the Beam transforms
+  reach a secured cluster: they all open their transports here.
+
   Args:
     url: where the topics live.
-    **config: extra client settings (Kafka only), e.g. `client_id`.
+    **config: extra kafka-python client settings (Kafka only), e.g.
+      `client_id`; they win over those of `TFRS_MONOLITH_KAFKA_CONFIG`.
 
   Raises:
-    ValueError: for any other scheme.
+    ValueError: for any other scheme, or a bad properties file.
   """
   if not isinstance(url, str):
     raise TypeError(f"`url` must be a string. Received: url={url!r}")
@@ -188,7 +200,7 @@ def open_transport(url: str, **config) -> Transport:
     if not servers:
       raise ValueError("a kafka:// URL needs host:port. Received: "
                        f"url={url!r}")
-    return KafkaTransport(servers, **config)
+    return KafkaTransport(servers, **_transport_security(config))
   raise ValueError("`url` must start with kafka:// or file://. Received: "
                    f"url={url!r}")
 
@@ -332,16 +344,27 @@ class _LogReader:
         if len(buffer) < _FRAME.size:
           break
       magic, crc, ts, key_len, value_len = _FRAME.unpack_from(buffer, at)
+      if magic != _FRAME_MAGIC or key_len < -1:
+        if out:
+          break   # Return the good records first; raise on the next read.
+        raise IOError(f"{self.path}: corrupt record at offset {self.offset} "
+                      f"(byte {self._pos}): bad frame header")
       body_len = max(key_len, 0) + value_len
       end = at + _FRAME.size + body_len
       if end > len(buffer):
+        # Never read (allocate) more than the file holds: a corrupt length
+        # may claim gigabytes.
+        if os.fstat(f.fileno()).st_size - self._pos < _FRAME.size + body_len:
+          break   # A writer is still appending this record.
         f.seek(self._pos)
         buffer = memoryview(f.read(max(_READ_BYTES, _FRAME.size + body_len)))
         at, end = 0, _FRAME.size + body_len
         if end > len(buffer):
           break   # A writer is still appending this record.
       body = buffer[at + _FRAME.size:end]
-      if magic != _FRAME_MAGIC or zlib.crc32(body) != crc:
+      if zlib.crc32(body) != crc:
+        if out:
+          break
         raise IOError(f"{self.path}: corrupt record at offset {self.offset} "
                       f"(byte {self._pos})")
       key = None if key_len < 0 else bytes(body[:key_len])
@@ -436,43 +459,530 @@ class _FileConsumer(Consumer):
 
 # --------------------------------------------------------------------- Kafka
 
+# Names of the environment variables that configure Kafka security.
+KAFKA_CONFIG_ENV = "TFRS_MONOLITH_KAFKA_CONFIG"
+KAFKA_PASSWORD_ENV = "TFRS_MONOLITH_KAFKA_PASSWORD"
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_LOGIN_MODULES = {
+    "org.apache.kafka.common.security.plain.PlainLoginModule": ("PLAIN",),
+    "org.apache.kafka.common.security.scram.ScramLoginModule":
+        ("SCRAM-SHA-256", "SCRAM-SHA-512"),
+}
+# Standard client setting -> kafka-python keyword argument, for the settings
+# that map one to one (librdkafka's names too, where they differ).
+_PLAIN_KEYS = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.cafile": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+    "client.id": "client_id",
+}
+_SPECIAL_KEYS = ("sasl.jaas.config", "ssl.truststore.location",
+                 "ssl.truststore.type", "ssl.endpoint.identification.algorithm")
+_FILE_KEYS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_SECRET_KEY = re.compile(r"password|secret|jaas|token|credential", re.I)
+_JAAS = re.compile(
+    r"\s*(?P<module>[\w.$]+)\s+(?:required|requisite|sufficient|optional)"
+    r"(?P<options>(?:\s+[\w.-]+\s*=\s*(?:\"(?:[^\"\\]|\\.)*\"|[^\s\";]+))*)"
+    r"\s*;\s*", re.S)
+_JAAS_OPTION = re.compile(
+    r"([\w.-]+)\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|([^\s\";]+))", re.S)
+
+
+def _shown(key, value):
+  """`key=value` for an error message; secrets are never shown."""
+  return f"{key}=***" if _SECRET_KEY.search(key) else f"{key}={value!r}"
+
+
+def _properties(text: str) -> List[Tuple[str, str, int]]:
+  """(key, value, line number) of a Java `.properties` text, in order.
+
+  Follows `java.util.Properties.load`: `#` and `!` comments, `=`, `:` or
+  blanks between key and value, `\\` escapes and line continuations.
+  """
+  out = []
+  lines = text.splitlines()
+  i = 0
+  while i < len(lines):
+    number = i + 1
+    line = lines[i].lstrip(" \t\f")
+    i += 1
+    if not line or line[0] in "#!":
+      continue
+    # A line ending in an odd number of backslashes continues.
+    while (len(line) - len(line.rstrip("\\"))) % 2 == 1:
+      line = line[:-1]
+      if i >= len(lines):
+        break
+      line += lines[i].lstrip(" \t\f")
+      i += 1
+    key, at = [], 0
+    while at < len(line):
+      char = line[at]
+      if char == "\\" and at + 1 < len(line):
+        key.append(line[at:at + 2])
+        at += 2
+        continue
+      if char in "=: \t\f":
+        break
+      key.append(char)
+      at += 1
+    rest = line[at:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+      rest = rest[1:].lstrip(" \t\f")
+    out.append((_unescape("".join(key)), _unescape(rest), number))
+  return out
+
+
+def _unescape(text: str) -> str:
+  if "\\" not in text:
+    return text
+  out, at = [], 0
+  while at < len(text):
+    char = text[at]
+    if char == "\\" and at + 1 < len(text):
+      nxt = text[at + 1]
+      if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[at + 2:at + 6]):
+        out.append(chr(int(text[at + 2:at + 6], 16)))
+        at += 6
+        continue
+      out.append({"t": "\t", "n": "\n", "r": "\r", "f": "\f"}.get(nxt, nxt))
+      at += 2
+    else:
+      out.append(char)
+      at += 1
+  return "".join(out)
+
+
+def _jaas_login(value: str, where: str) -> Tuple[str, Dict[str, str]]:
+  """(login module, options) of a `sasl.jaas.config` value."""
+  match = _JAAS.fullmatch(value)
+  if not match:
+    # The value holds a password: describe it, never show it.
+    raise ValueError(
+        "`sasl.jaas.config` must read `<LoginModule> required "
+        "username=\"...\" password=\"...\";` (one login module, options "
+        f"quoted, ending in ';'). Received: sasl.jaas.config=*** {where}")
+  module = match.group("module")
+  if module not in _LOGIN_MODULES:
+    raise ValueError(
+        "`sasl.jaas.config` must use one of "
+        f"{', '.join(sorted(_LOGIN_MODULES))}. Received: login module "
+        f"{module!r} {where}")
+  options = {}
+  for key, quoted, bare in _JAAS_OPTION.findall(match.group("options")):
+    options[key] = (re.sub(r"\\(.)", r"\1", quoted, flags=re.S)
+                    if bare == "" else bare)
+  return module, options
+
+
+def kafka_client_config(path_or_text) -> Dict[str, object]:
+  """kafka-python settings from a standard Kafka client `.properties` file.
+
+  Reads the file format of Kafka's Java clients (`key=value` lines, `#` or
+  `!` comments) and maps its security settings to the keyword arguments of
+  kafka-python's clients, e.g. for `KafkaTransport(servers, **settings)`:
+
+  ```properties
+  security.protocol=SASL_SSL
+  sasl.mechanism=SCRAM-SHA-512
+  sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule \\
+      required username="alice" password="alice-secret";
+  ssl.truststore.type=PEM
+  ssl.truststore.location=/etc/kafka/ca.pem
+  ```
+
+  Understood settings: `security.protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT,
+  SASL_SSL); `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512);
+  `sasl.jaas.config` (a `PlainLoginModule` or `ScramLoginModule` with
+  `username` and `password`) or `sasl.username` and `sasl.password`;
+  `ssl.ca.location` or `ssl.cafile` (a PEM CA file; so is
+  `ssl.truststore.location` with `ssl.truststore.type=PEM`);
+  `ssl.certificate.location`, `ssl.key.location` and `ssl.key.password` (a
+  client certificate); `ssl.endpoint.identification.algorithm` (`https`,
+  the default, checks the broker's host name; empty or `none` does not);
+  `client.id`. Relative file names are relative to the file's folder.
+
+  The environment variable `TFRS_MONOLITH_KAFKA_PASSWORD`, when set,
+  replaces the SASL password of the file, so that the file need not hold
+  it.
+
+  Args:
+    path_or_text: the path of a `.properties` file, or its text (a string
+      with a newline or `=` that names no file).
+
+  Returns:
+    A dict of kafka-python settings (`security_protocol`, `sasl_mechanism`,
+    `sasl_plain_username`, `sasl_plain_password`, `ssl_cafile`, ...).
+
+  Raises:
+    ValueError: for an unknown setting, a bad value, SASL without a user
+      name or password, TLS or SASL settings that the protocol would
+      ignore, or a file it names that does not exist. The message names the
+      setting and its value, but never a password.
+  """
+  if isinstance(path_or_text, os.PathLike) or (
+      isinstance(path_or_text, str) and "\n" not in path_or_text and (
+          "=" not in path_or_text or os.path.isfile(path_or_text))):
+    return _client_config(*_read_properties_file(path_or_text))
+  if isinstance(path_or_text, str):
+    return _client_config(path_or_text, os.getcwd(), None)
+  raise TypeError("`path_or_text` must be a path or the text of a "
+                  f".properties file. Received: path_or_text of type "
+                  f"{type(path_or_text).__name__}")
+
+
+def _read_properties_file(path):
+  """(text, folder, path) of a properties file."""
+  path = os.fspath(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except OSError as error:
+    raise ValueError(f"cannot read the Kafka client properties file: "
+                     f"{error.strerror}. Received: path={path!r}") from None
+  return text, os.path.dirname(os.path.abspath(path)), path
+
+
+def _client_config(text, base, source):
+  """`kafka_client_config` of a text; file names are relative to `base`."""
+
+  def where(line):
+    return f"(line {line} of {source})" if source else f"(line {line})"
+
+  raw = {}
+  for key, value, line in _properties(text):
+    if key not in _PLAIN_KEYS and key not in _SPECIAL_KEYS:
+      hint = (" The servers come from the kafka:// URL."
+              if key == "bootstrap.servers" else "")
+      known = ", ".join(sorted(_PLAIN_KEYS) + sorted(_SPECIAL_KEYS))
+      raise ValueError(
+          f"`{key}` is not a Kafka client setting that tfrs_monolith "
+          f"understands; it knows {known}.{hint} Received: "
+          f"{_shown(key, value)} {where(line)}")
+    raw[key] = (value.strip(), line)
+
+  settings, lines = {}, {}
+
+  def put(name, key):
+    value, line = raw[key]
+    settings[name], lines[name] = value, (key, line)
+
+  for key in raw:
+    if key in _PLAIN_KEYS:
+      put(_PLAIN_KEYS[key], key)
+
+  def fail(name, message):
+    key, line = lines[name]
+    raise ValueError(f"`{key}` {message}. Received: "
+                     f"{_shown(key, raw[key][0])} {where(line)}")
+
+  protocol = settings.get("security_protocol", "PLAINTEXT").upper()
+  if "security_protocol" in settings:
+    if protocol not in _SECURITY_PROTOCOLS:
+      fail("security_protocol",
+           f"must be one of {', '.join(_SECURITY_PROTOCOLS)}")
+    settings["security_protocol"] = protocol
+  if "sasl_mechanism" in settings:
+    mechanism = settings["sasl_mechanism"].upper()
+    if mechanism not in _SASL_MECHANISMS:
+      fail("sasl_mechanism", f"must be one of {', '.join(_SASL_MECHANISMS)}")
+    settings["sasl_mechanism"] = mechanism
+  if "sasl.jaas.config" in raw:
+    value, line = raw["sasl.jaas.config"]
+    module, options = _jaas_login(value, where(line))
+    mechanism = settings.get("sasl_mechanism")
+    if mechanism and mechanism not in _LOGIN_MODULES[module]:
+      raise ValueError(
+          f"`sasl.jaas.config` uses {module.rsplit('.', 1)[-1]}, which does "
+          f"not log in with sasl.mechanism={mechanism!r}. Received: login "
+          f"module {module!r} {where(line)}")
+    for option, name in (("username", "sasl_plain_username"),
+                         ("password", "sasl_plain_password")):
+      if option in options and name not in settings:
+        settings[name] = options[option]
+        lines[name] = ("sasl.jaas.config", line)
+  if "ssl.truststore.location" in raw:
+    store_type, line = raw.get("ssl.truststore.type", ("JKS", None))
+    if store_type.upper() != "PEM":
+      raise ValueError(
+          "`ssl.truststore.type` must be PEM with ssl.truststore.location: "
+          "kafka-python reads CA certificates from PEM files only (export "
+          "one with `keytool -exportcert -rfc`, or name it in "
+          "ssl.ca.location). Received: "
+          f"ssl.truststore.type={store_type!r} "
+          f"{where(line or raw['ssl.truststore.location'][1])}")
+    if "ssl_cafile" not in settings:
+      put("ssl_cafile", "ssl.truststore.location")
+  if "ssl.endpoint.identification.algorithm" in raw:
+    value, line = raw["ssl.endpoint.identification.algorithm"]
+    if value.lower() not in ("", "none", "https"):
+      raise ValueError(
+          "`ssl.endpoint.identification.algorithm` must be https (check the "
+          "broker's host name) or empty (do not). Received: "
+          f"ssl.endpoint.identification.algorithm={value!r} {where(line)}")
+    settings["ssl_check_hostname"] = value.lower() == "https"
+    lines["ssl_check_hostname"] = ("ssl.endpoint.identification.algorithm",
+                                   line)
+
+  sasl = protocol.startswith("SASL_")
+  password = os.environ.get(KAFKA_PASSWORD_ENV)
+  if sasl and password:
+    settings["sasl_plain_password"] = password
+  for name in settings:
+    key, line = lines.get(name, (None, None))
+    if name.startswith("sasl_") and not sasl:
+      raise ValueError(
+          f"`{key}` is a SASL setting, but security.protocol={protocol!r} "
+          "does not log in: set security.protocol=SASL_SSL or "
+          f"SASL_PLAINTEXT. Received: {_shown(key, raw[key][0])} "
+          f"{where(line)}")
+    if name.startswith("ssl_") and not protocol.endswith("SSL"):
+      raise ValueError(
+          f"`{key}` is a TLS setting, but security.protocol={protocol!r} "
+          "does not use TLS: set security.protocol=SSL or SASL_SSL. "
+          f"Received: {_shown(key, raw[key][0])} {where(line)}")
+  if sasl:
+    missing = [what for what, name in (
+        ("sasl.mechanism", "sasl_mechanism"),
+        ("a user name (sasl.jaas.config or sasl.username)",
+         "sasl_plain_username"),
+        (f"a password (sasl.jaas.config, sasl.password or "
+         f"${KAFKA_PASSWORD_ENV})", "sasl_plain_password"))
+               if not settings.get(name)]
+    if missing:
+      raise ValueError(
+          f"security.protocol={protocol!r} needs {' and '.join(missing)}. "
+          f"Received: settings {sorted(raw)} in "
+          f"{source or 'the properties text'}")
+  for name in _FILE_KEYS:
+    if name in settings:
+      path = os.path.join(base, os.path.expanduser(settings[name]))
+      if not os.path.isfile(path):
+        fail(name, "must name an existing file")
+      settings[name] = path
+  return settings
+
+
+def kafka_java_config(settings: Optional[Mapping] = None) -> Dict[str, str]:
+  """Java Kafka client properties of kafka-python security settings.
+
+  For Kafka clients that run in Java, e.g. the `consumer_config` of Beam's
+  cross-language `ReadFromKafka`: it logs in as the kafka-python clients
+  of `open_transport` do.
+
+  Args:
+    settings: kafka-python settings such as `kafka_client_config` returns;
+      by default those of the file named by `$TFRS_MONOLITH_KAFKA_CONFIG`
+      (none when it is unset). Settings other than the security ones and
+      `client_id` are left out.
+
+  Returns:
+    A dict of Java client properties: `security.protocol`,
+    `sasl.mechanism`, `sasl.jaas.config`, a PEM `ssl.truststore.*`, ...
+
+  Raises:
+    ValueError: for a client certificate (`ssl_certfile`), which this
+      mapping does not carry over.
+  """
+  if settings is None:
+    settings = _transport_security({})
+  out = {}
+  for name, key in (("security_protocol", "security.protocol"),
+                    ("sasl_mechanism", "sasl.mechanism"),
+                    ("client_id", "client.id")):
+    if settings.get(name) is not None:
+      out[key] = str(settings[name])
+  if settings.get("ssl_certfile") or settings.get("ssl_keyfile"):
+    raise ValueError("`ssl_certfile` (a client certificate) has no Java "
+                     "client equivalent here. Received: ssl_certfile="
+                     f"{settings.get('ssl_certfile')!r}")
+  username = settings.get("sasl_plain_username")
+  if username is not None:
+    module = ("org.apache.kafka.common.security.plain.PlainLoginModule"
+              if settings.get("sasl_mechanism") == "PLAIN" else
+              "org.apache.kafka.common.security.scram.ScramLoginModule")
+
+    def quote(text):
+      return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    out["sasl.jaas.config"] = (
+        f"{module} required username={quote(username)} "
+        f"password={quote(settings.get('sasl_plain_password') or '')};")
+  if settings.get("ssl_cafile"):
+    out["ssl.truststore.type"] = "PEM"
+    out["ssl.truststore.location"] = str(settings["ssl_cafile"])
+  if settings.get("ssl_check_hostname") is False:
+    out["ssl.endpoint.identification.algorithm"] = ""
+  return out
+
+
+def _transport_security(config: Mapping) -> Dict[str, object]:
+  """The settings of `$TFRS_MONOLITH_KAFKA_CONFIG`, under `config`."""
+  path = os.environ.get(KAFKA_CONFIG_ENV)
+  if not path:
+    return dict(config)
+  try:
+    settings = _client_config(*_read_properties_file(path))
+  except ValueError as error:
+    raise ValueError(f"${KAFKA_CONFIG_ENV}: {error}") from None
+  settings.update(config)
+  return settings
+
+
+class BrokerConnectionError(ConnectionError):
+  """A Kafka client could not bootstrap: no broker answered, or the
+  brokers refused its TLS handshake or SASL login."""
+
+
+class _BootstrapFailures(logging.Handler):
+  """Collects why kafka-python's bootstrap attempts failed.
+
+  kafka-python retries a failed connection (refused login included) until
+  `bootstrap_timeout_ms` runs out and then raises a bare
+  `KafkaTimeoutError`; the reasons are only logged.
+  """
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.reasons = []
+
+  def emit(self, record):
+    for arg in record.args if isinstance(record.args, tuple) else ():
+      if isinstance(arg, BaseException):
+        text = str(arg)
+        if type(arg).__name__ not in text:
+          text = f"{type(arg).__name__}: {text}"
+        if text not in self.reasons:
+          self.reasons.append(text)
+
+
 
 class KafkaTransport(Transport):
   """Kafka through kafka-python, with durable defaults.
 
   Producers: `acks="all"`, idempotent, retries. Consumers: no auto-commit,
   start at the earliest offset when the group has none, read committed
-  offsets explicitly. `**config` overrides client settings of both.
+  offsets explicitly.
+
+  `**config` holds kafka-python client settings. Each client this transport
+  creates (producers, consumers, the admin client of `create_topics` and
+  the consumer of `end_offsets`) takes the ones its kind accepts, over the
+  defaults above: so the security settings (`security_protocol`, `sasl_*`,
+  `ssl_*`, see `kafka_client_config`) and connection settings (`client_id`,
+  `bootstrap_timeout_ms`, ...) reach every client, while producer-only
+  settings such as `acks` reach only producers. A setting that no client
+  kind accepts raises ValueError. `open_transport` fills `**config` from
+  `$TFRS_MONOLITH_KAFKA_CONFIG`.
+
+  A client that cannot bootstrap within `bootstrap_timeout_ms` (30 s by
+  default), because no broker answers or the brokers refuse its TLS
+  handshake or its login, raises `BrokerConnectionError` naming the
+  servers, the security protocol, the user and the reasons kafka-python
+  logged.
   """
 
   def __init__(self, bootstrap_servers: str, **config):
     import kafka  # pylint: disable=g-import-not-at-top
+    from kafka.admin import KafkaAdminClient  # pylint: disable=g-import-not-at-top
     self._kafka = kafka
     self.bootstrap_servers = bootstrap_servers
     self.url = "kafka://" + bootstrap_servers
+    self._accepted = {
+        "producer": set(kafka.KafkaProducer.DEFAULT_CONFIG),
+        "consumer": set(kafka.KafkaConsumer.DEFAULT_CONFIG),
+        "admin": set(KafkaAdminClient.DEFAULT_CONFIG),
+    }
+    unknown = set(config).difference(*self._accepted.values())
+    if unknown:
+      raise ValueError("`config` must hold kafka-python client settings. "
+                       f"Received: unknown settings {sorted(unknown)}")
     self._config = config
 
+  def _settings(self, kind, defaults=None):
+    """`defaults`, then the settings of `config` that `kind` accepts."""
+    settings = dict(defaults or {}, bootstrap_servers=self.bootstrap_servers)
+    settings.update({k: v for k, v in self._config.items()
+                     if k in self._accepted[kind]})
+    return settings
+
+  def _client(self, factory, settings, what):
+    """`factory(**settings)`; bootstrap failures raise with their reasons."""
+    errors = self._kafka.errors
+    failures = _BootstrapFailures()
+    logger = logging.getLogger("kafka.net.manager")
+    logger.addHandler(failures)
+    try:
+      return factory(**settings)
+    except (errors.KafkaTimeoutError, errors.KafkaConnectionError) as error:
+      raise BrokerConnectionError(
+          self._connection_failure(what, settings, failures.reasons,
+                                   error)) from error
+    finally:
+      logger.removeHandler(failures)
+
+  def _connection_failure(self, what, settings, reasons, error):
+    protocol = str(settings.get("security_protocol", "PLAINTEXT")).upper()
+    how = f"security_protocol={protocol}"
+    if protocol.startswith("SASL_"):
+      how += (f", sasl_mechanism={settings.get('sasl_mechanism')}, user "
+              f"{settings.get('sasl_plain_username')!r}")
+    timeout = settings.get("bootstrap_timeout_ms", 30_000) / 1000
+    reasons = [r for r in reasons if "Unable to bootstrap" not in r]
+    why = "; ".join(reasons[:4]) or str(error)
+    password = (f"${KAFKA_PASSWORD_ENV} or the file named by "
+                f"${KAFKA_CONFIG_ENV}")
+    if "SaslAuthenticationFailed" in why:
+      hint = ("The broker refused the login: check the user name and the "
+              f"password ({password}).")
+    elif "CERTIFICATE_VERIFY_FAILED" in why:
+      hint = ("The broker's TLS certificate is not trusted: name its CA in "
+              "ssl.ca.location (or ssl.truststore.location with "
+              "ssl.truststore.type=PEM).")
+    elif "ECONNREFUSED" in why or "Connection refused" in why:
+      hint = "Is a broker listening there?"
+    elif not protocol.startswith("SASL_"):
+      hint = ("If the broker requires TLS or a login, name a Kafka client "
+              f".properties file in ${KAFKA_CONFIG_ENV}.")
+    else:
+      hint = ("The broker closed the connection: check the user name and "
+              f"the password ({password}), and that the port takes "
+              f"{protocol} with {settings.get('sasl_mechanism')}.")
+    return (f"{what} could not connect to Kafka at {self.bootstrap_servers} "
+            f"with {how} within {timeout:g} s: {why}. {hint}")
+
   def producer(self) -> Producer:
-    settings = dict(bootstrap_servers=self.bootstrap_servers, acks="all",
-                    enable_idempotence=True, linger_ms=5,
-                    max_request_size=1_048_576, request_timeout_ms=30_000,
-                    retries=2**31 - 1)
-    settings.update(self._config)
-    return _KafkaProducer(self._kafka.KafkaProducer(**settings))
+    settings = self._settings("producer", dict(
+        acks="all", enable_idempotence=True, linger_ms=5,
+        max_request_size=1_048_576, request_timeout_ms=30_000,
+        retries=2**31 - 1))
+    return _KafkaProducer(self._client(self._kafka.KafkaProducer, settings,
+                                       "a producer"))
 
   def consumer(self, topics: Sequence[str], group_id: str) -> Consumer:
     if isinstance(topics, str):
       topics = [topics]
-    settings = dict(bootstrap_servers=self.bootstrap_servers,
-                    group_id=group_id, enable_auto_commit=False,
-                    auto_offset_reset="earliest", max_poll_records=2048,
-                    fetch_max_wait_ms=100)
-    settings.update(self._config)
-    return _KafkaConsumer(self._kafka, settings, list(topics))
+    settings = self._settings("consumer", dict(
+        group_id=group_id, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=2048,
+        fetch_max_wait_ms=100))
+    consumer = self._client(self._kafka.KafkaConsumer, settings,
+                            "a consumer")
+    return _KafkaConsumer(self._kafka, consumer, list(topics))
 
   def _admin(self):
+    """An admin client: it takes connection and security settings only."""
     from kafka.admin import KafkaAdminClient  # pylint: disable=g-import-not-at-top
-    return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+    return self._client(KafkaAdminClient, self._settings("admin"),
+                        "an admin client")
 
   def create_topics(self, topics: Iterable[str], partitions: int = 1):
     from kafka.admin import NewTopic  # pylint: disable=g-import-not-at-top
@@ -491,8 +1001,10 @@ class KafkaTransport(Transport):
       admin.close()
 
   def end_offsets(self, topics: Sequence[str]) -> Dict[TopicPartition, int]:
-    consumer = self._kafka.KafkaConsumer(
-        bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+    consumer = self._client(
+        self._kafka.KafkaConsumer,
+        self._settings("consumer", dict(enable_auto_commit=False)),
+        "a consumer")
     try:
       partitions = _partitions(self._kafka, consumer, topics)
       ends = consumer.end_offsets(partitions)
@@ -548,10 +1060,14 @@ class _KafkaConsumer(Consumer):
   """Assigns every partition of the topics itself (no rebalancing), so that
   `seek` works at once; commits go to `group_id`."""
 
-  def __init__(self, kafka, settings, topics):
+  def __init__(self, kafka, consumer, topics):
     self._kafka = kafka
-    self._consumer = kafka.KafkaConsumer(**settings)
-    self._partitions = _partitions(kafka, self._consumer, topics)
+    self._consumer = consumer
+    try:
+      self._partitions = _partitions(kafka, consumer, topics)
+    except BaseException:
+      consumer.close(autocommit=False)
+      raise
     self._consumer.assign(self._partitions)
     committed = self.committed()
     for tp in self._partitions:
@@ -660,87 +1176,203 @@ class DeadLetterQueue:
 
 
 class MalformedMessage(ValueError):
-  """A message that does not follow its topic's schema."""
+  """A message that does not follow its topic's schema.
+
+  Its text is `kind: detail` (e.g. `bad field: ...`); `DeadLetterQueue`
+  counts dead letters by the kind.
+  """
 
 
+# Event messages longer than this (bytes) are rejected before parsing.
+MAX_EVENT_BYTES = 65_536
+# String ids (`request_id`, `user_id`, `item_id`, `action`) longer than
+# this (UTF-8 bytes) are rejected.
+MAX_ID_BYTES = 256
+# `event_time` must be before 10000-01-01T00:00:00Z.
+MAX_EVENT_TIME = 253_402_300_800
 _ID_TYPES = (str, int)
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+
+# Bad values are quoted in error messages, shortened: a dead letter keeps
+# the whole message anyway.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+_REPR.maxlist = _REPR.maxdict = 6
 
 
-def _event(value: bytes, topic: str) -> dict:
+def _show(value) -> str:
+  return _REPR.repr(value)
+
+
+def _check_limit(name, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"`{name}` must be a positive integer. Received: "
+                     f"{name}={value!r}")
+  return value
+
+
+def _message_text(value, what: str, max_bytes: int) -> str:
+  """The text of a JSON message; rejects oversize and non-UTF-8 ones."""
+  if isinstance(value, str):
+    value = value.encode("utf-8", "surrogatepass")
+  elif not isinstance(value, (bytes, bytearray, memoryview)):
+    raise MalformedMessage(f"not JSON: {what} message must be bytes, got "
+                           f"{type(value).__name__}")
+  size = memoryview(value).nbytes
+  if size > max_bytes:
+    raise MalformedMessage(f"oversize event: {what} message is {size} "
+                           f"bytes, the limit is {max_bytes}")
   try:
-    event = json.loads(value)
-  except (UnicodeDecodeError, ValueError) as error:
+    return bytes(value).decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise MalformedMessage(f"not JSON: not UTF-8 text: {error}") from None
+
+
+def _check_unicode(event, topic):
+  """Rejects strings with lone surrogates (`"\\ud800"`): not Unicode text,
+  they cannot be encoded as UTF-8 downstream."""
+  stack = [event]
+  while stack:
+    item = stack.pop()
+    if isinstance(item, dict):
+      stack.extend(item)
+      stack.extend(item.values())
+    elif isinstance(item, list):
+      stack.extend(item)
+    elif isinstance(item, str):
+      try:
+        item.encode("utf-8")
+      except UnicodeEncodeError:
+        raise MalformedMessage(
+            f"not JSON: {topic} event holds a string that is not Unicode "
+            f"text (a lone surrogate): {_show(item)}") from None
+
+
+def _event(value, topic: str, max_bytes: int) -> dict:
+  text = _message_text(value, topic, _check_limit("max_bytes", max_bytes))
+  try:
+    event = json.loads(text)
+  except RecursionError:
+    raise MalformedMessage("not JSON: nested too deeply") from None
+  except ValueError as error:
     raise MalformedMessage(f"not JSON: {error}") from None
   if not isinstance(event, dict):
-    raise MalformedMessage(f"{topic} event must be a JSON object, got "
-                           f"{type(event).__name__}")
+    raise MalformedMessage(f"bad event: {topic} event must be a JSON "
+                           f"object, got {type(event).__name__}")
+  if "\\u" in text:   # Only escapes can make lone surrogates.
+    _check_unicode(event, topic)
   return event
 
 
-def _field(event, name, types, topic):
+def _field(event, name, types, topic, max_id_bytes=None):
   if name not in event:
     raise MalformedMessage(f"missing field: {topic} event has no {name!r}")
   value = event[name]
   if isinstance(value, bool) or not isinstance(value, types):
     raise MalformedMessage(
         f"bad field: {topic} {name!r} must be "
-        f"{' or '.join(t.__name__ for t in types)}, got {value!r}")
-  if isinstance(value, str) and not value:
-    raise MalformedMessage(f"bad field: {topic} {name!r} is empty")
+        f"{' or '.join(t.__name__ for t in types)}, got {_show(value)}")
+  if isinstance(value, str):
+    if not value:
+      raise MalformedMessage(f"bad field: {topic} {name!r} is empty")
+    size = len(value.encode("utf-8"))
+    if max_id_bytes is not None and size > max_id_bytes:
+      raise MalformedMessage(f"bad field: {topic} {name!r} is {size} bytes, "
+                             f"the limit is {max_id_bytes}")
+  elif (max_id_bytes is not None and isinstance(value, int) and
+        not _INT64_MIN <= value <= _INT64_MAX):
+    raise MalformedMessage(f"bad field: {topic} {name!r} must fit in int64, "
+                           f"got {_show(value)}")
   return value
 
 
 def _event_time(event, topic):
   t = _field(event, "event_time", (int, float), topic)
-  if not math.isfinite(t) or t < 0:
+  # (No float() of an int here: a huge one would overflow.)
+  if not (isinstance(t, int) or math.isfinite(t)) or t < 0:
     raise MalformedMessage(f"bad field: {topic} 'event_time' must be a "
-                           f"finite number of seconds >= 0, got {t!r}")
+                           f"finite number of seconds >= 0, got {_show(t)}")
+  if t >= MAX_EVENT_TIME:
+    raise MalformedMessage(f"bad field: {topic} 'event_time' must be before "
+                           f"year 10000 ({MAX_EVENT_TIME} seconds), got "
+                           f"{_show(t)}")
   return float(t)
 
 
-def parse_impression(value: bytes) -> dict:
+def parse_impression(value: bytes, max_bytes: int = MAX_EVENT_BYTES,
+                     max_id_bytes: int = MAX_ID_BYTES) -> dict:
   """An `impressions` event: the item shown to a user for a request.
 
-  Schema (JSON object): `request_id` (str), `user_id` (str or int),
+  Schema (JSON object, UTF-8): `request_id` (str), `user_id` (str or int),
   `item_id` (str or int), `event_time` (seconds since the epoch), optional
-  `features` (object of str -> number, str or list of them).
+  `features` (object of str -> number, str or list of them). Integer ids
+  must fit in int64.
+
+  Args:
+    value: the message bytes.
+    max_bytes: longer messages are rejected before they are parsed.
+    max_id_bytes: longest string id (UTF-8 bytes) accepted.
+
+  Returns:
+    A dict of the fields above (`event_time` as a float, `features` `{}`
+    when absent).
 
   Raises:
-    MalformedMessage: naming the bad field and value.
+    MalformedMessage: naming the bad field and value, or `oversize event:`
+      with the message's size and the limit.
   """
-  event = _event(value, "impression")
+  _check_limit("max_id_bytes", max_id_bytes)
+  event = _event(value, "impression", max_bytes)
   out = {
-      "request_id": _field(event, "request_id", (str,), "impression"),
-      "user_id": _field(event, "user_id", _ID_TYPES, "impression"),
-      "item_id": _field(event, "item_id", _ID_TYPES, "impression"),
+      "request_id": _field(event, "request_id", (str,), "impression",
+                           max_id_bytes),
+      "user_id": _field(event, "user_id", _ID_TYPES, "impression",
+                        max_id_bytes),
+      "item_id": _field(event, "item_id", _ID_TYPES, "impression",
+                        max_id_bytes),
       "event_time": _event_time(event, "impression"),
       "features": event.get("features", {}),
   }
   if not isinstance(out["features"], dict):
     raise MalformedMessage("bad field: impression 'features' must be an "
-                           f"object, got {out['features']!r}")
+                           f"object, got {_show(out['features'])}")
   return out
 
 
-def parse_action(value: bytes) -> dict:
+def parse_action(value: bytes, max_bytes: int = MAX_EVENT_BYTES,
+                 max_id_bytes: int = MAX_ID_BYTES) -> dict:
   """An `actions` event: what the user did with a shown item.
 
-  Schema (JSON object): `request_id` (str), `item_id` (str or int),
+  Schema (JSON object, UTF-8): `request_id` (str), `item_id` (str or int),
   `action` (str, e.g. "click", "like"), `event_time` (seconds), optional
-  `user_id`.
+  `user_id`. Integer ids must fit in int64.
+
+  Args:
+    value: the message bytes.
+    max_bytes: longer messages are rejected before they are parsed.
+    max_id_bytes: longest string id or action (UTF-8 bytes) accepted.
+
+  Returns:
+    A dict of the fields above (`event_time` as a float).
 
   Raises:
-    MalformedMessage: naming the bad field and value.
+    MalformedMessage: naming the bad field and value, or `oversize event:`
+      with the message's size and the limit.
   """
-  event = _event(value, "action")
+  _check_limit("max_id_bytes", max_id_bytes)
+  event = _event(value, "action", max_bytes)
   out = {
-      "request_id": _field(event, "request_id", (str,), "action"),
-      "item_id": _field(event, "item_id", _ID_TYPES, "action"),
-      "action": _field(event, "action", (str,), "action"),
+      "request_id": _field(event, "request_id", (str,), "action",
+                           max_id_bytes),
+      "item_id": _field(event, "item_id", _ID_TYPES, "action", max_id_bytes),
+      "action": _field(event, "action", (str,), "action", max_id_bytes),
       "event_time": _event_time(event, "action"),
   }
   if "user_id" in event:
-    out["user_id"] = _field(event, "user_id", _ID_TYPES, "action")
+    out["user_id"] = _field(event, "user_id", _ID_TYPES, "action",
+                            max_id_bytes)
   return out
 
 
@@ -749,21 +1381,33 @@ def encode_event(event: Mapping) -> bytes:
   return json.dumps(dict(event), sort_keys=True).encode("utf-8")
 
 
-def parse_example(value: bytes, required: Sequence[str] = ()):
+def parse_example(value: bytes, required: Sequence[str] = (),
+                  max_bytes: int = 1 << 20):
   """An `examples` message: a serialized `tf.train.Example`.
 
   Args:
     value: the message bytes.
     required: feature names that must be present.
+    max_bytes: longer messages are rejected before they are parsed (1 MiB
+      by default, Kafka's default message limit).
 
   Returns:
     The `tf.train.Example`.
 
   Raises:
-    MalformedMessage: if it does not parse or lacks a required feature.
+    MalformedMessage: if it is too long, does not parse or lacks a required
+      feature.
   """
   from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
   from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+  _check_limit("max_bytes", max_bytes)
+  if not isinstance(value, (bytes, bytearray, memoryview)):
+    raise MalformedMessage("not a tf.train.Example: the message must be "
+                           f"bytes, got {type(value).__name__}")
+  size = memoryview(value).nbytes
+  if size > max_bytes:
+    raise MalformedMessage(f"oversize example: message is {size} bytes, the "
+                           f"limit is {max_bytes}")
   example = example_pb2.Example()
   try:
     example.ParseFromString(bytes(value))

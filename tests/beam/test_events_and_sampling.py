@@ -38,6 +38,7 @@ class TestParseEvents:
         json.dumps(dict(GOOD_IMPRESSION, event_time=-5)).encode(),
         json.dumps(dict(GOOD_IMPRESSION, features={"label": 1})).encode(),
         json.dumps(dict(GOOD_IMPRESSION, features={"x": [1, "a"]})).encode(),
+        json.dumps(dict(GOOD_IMPRESSION, features={"big": 1 << 63})).encode(),
         (b"key", json.dumps(dict(GOOD_IMPRESSION, request_id="r2")).encode()),
     ]
     with _pipeline() as p:
@@ -54,7 +55,8 @@ class TestParseEvents:
                             ("imp.jsonl", "bad field", "user_id"),
                             ("imp.jsonl", "bad field", "event_time"),
                             ("imp.jsonl", "bad field", "label"),
-                            ("imp.jsonl", "bad field", "x")]),
+                            ("imp.jsonl", "bad field", "x"),
+                            ("imp.jsonl", "bad field", "big")]),
                   label="DeadLetters")
       # The original bytes survive, for replay after a fix.
       assert_that(letters | beam.Map(lambda l: l["value"])
