@@ -42,6 +42,16 @@ How it stays correct:
   topic with the reason and is counted; later patches still apply. Passing
   failures (server down, timeouts) are retried, with backoff, until they
   succeed: nothing is skipped.
+* **Authenticity.** Given `patch_keys` (`tm.PatchKeys`), it applies only
+  patches signed with one of them (HMAC-SHA256): unsigned, wrongly signed
+  and replayed patches (a second copy of a sequence already read, at
+  another offset) go to the dead-letter topic with the reason
+  (`unsigned_patch`, `bad_signature`, `unknown_key`, `replayed_patch`) and
+  are counted. Replays are refused with or without keys.
+* **Bounded memory.** A patch larger than `max_patch_bytes` is refused from
+  its first chunk's header (`oversize_patch`) and never buffered; if the
+  chunks of unfinished patches held at once outgrow that limit, the oldest
+  unfinished patch is dropped (`incomplete_patch`).
 * **Message limits.** Requests are split to stay under `max_request_bytes`;
   if the server still refuses one as too large, the limit is halved. A
   snapshot patch (`full`) too large for one request is upserted in parts,
@@ -51,8 +61,9 @@ How it stays correct:
 Metrics (`metrics()`, and `/metrics` in Prometheus text format when a
 `metrics_port` is given; `/healthz` answers 200 while the server is
 reachable and serving a version): patches applied, skipped, failed and
-corrupt, rows changed, requests, retries, replays, served version, lag in
-records, in sequence numbers and in seconds.
+corrupt, unsigned, wrongly signed, replayed and oversize, rows changed,
+requests, retries, replays, served version, lag in records, in sequence
+numbers and in seconds.
 """
 
 import collections
@@ -88,6 +99,10 @@ class SidecarStats:
   patches_failed: int = 0      # Rejected by the server: dead-lettered.
   patches_corrupt: int = 0     # Undecodable or incomplete: dead-lettered.
   patches_foreign: int = 0     # Another model's patches, ignored.
+  patches_unsigned: int = 0    # No signature while keys require one.
+  patches_bad_signature: int = 0   # Forged, altered or of an unknown key.
+  patches_replayed: int = 0    # A copy of a sequence already read.
+  patches_oversize: int = 0    # Over `max_patch_bytes`.
   dead_letters: int = 0
   sequence_gaps: int = 0       # A patch arrived with a sequence missing.
   requests: int = 0
@@ -139,7 +154,12 @@ class Sidecar:
       unreachable.
     metrics_port: serve `/metrics` and `/healthz` on this port (0: any free
       port, see `metrics_address`); None: no HTTP endpoint.
-    metrics_host: the address the endpoint binds.
+    metrics_host: the address the endpoint binds (loopback by default;
+      give "0.0.0.0" to expose it).
+    patch_keys: a `tm.PatchKeys`: apply only patches signed with one of
+      its keys. None accepts unsigned patches.
+    max_patch_bytes: the largest patch (and the most chunk bytes of
+      unfinished patches) held in memory.
   """
 
   def __init__(self,
@@ -156,7 +176,9 @@ class Sidecar:
                poll_timeout: float = 0.1,
                max_backoff: float = 5.0,
                metrics_port: Optional[int] = None,
-               metrics_host: str = "127.0.0.1"):
+               metrics_host: str = "127.0.0.1",
+               patch_keys: Optional[patch_lib.PatchKeys] = None,
+               max_patch_bytes: int = patch_lib.DEFAULT_MAX_PATCH_BYTES):
     if (isinstance(max_request_bytes, bool) or
         not isinstance(max_request_bytes, int) or
         max_request_bytes <= 2 * _REQUEST_OVERHEAD):
@@ -170,6 +192,16 @@ class Sidecar:
           value, (int, float)) or value <= 0:
         raise ValueError(f"`{name}` must be a positive number of seconds. "
                          f"Received: {name}={value!r}")
+    if (isinstance(max_patch_bytes, bool) or
+        not isinstance(max_patch_bytes, int) or max_patch_bytes <= 0):
+      raise ValueError("`max_patch_bytes` must be a positive integer. "
+                       f"Received: max_patch_bytes={max_patch_bytes!r}")
+    if patch_keys is not None and not isinstance(patch_keys,
+                                                 patch_lib.PatchKeys):
+      raise TypeError("`patch_keys` must be a tm.PatchKeys. Received: "
+                      f"{type(patch_keys).__name__}")
+    self.patch_keys = patch_keys
+    self.max_patch_bytes = max_patch_bytes
     self.client = client
     self.model_name = client.model_name
     self.patch_model = patch_model or client.model_name
@@ -209,6 +241,7 @@ class Sidecar:
     self._index: Dict[str, "collections.OrderedDict[int, Tuple[int, int]]"]
     self._index = collections.defaultdict(collections.OrderedDict)
     self._pending: Dict[str, Dict[int, streams.Record]] = {}
+    self._pending_bytes = 0
     self._ready = collections.deque()     # (patch, records), in order.
     self._serving_ok = False
     self._needs_check = True     # Verify the served rows before applying.
@@ -414,6 +447,7 @@ class Sidecar:
     self._applied = marks
     self._fingerprints.clear()     # Set again by the next patch applied.
     self._pending.clear()
+    self._pending_bytes = 0
     self._ready.clear()
     self._consumer.seek(offsets)
     self.stats.replays += 1
@@ -447,8 +481,8 @@ class Sidecar:
 
   def _assemble(self, record: streams.Record):
     try:
-      patch_id, index, count, *_ = patch_lib.EmbeddingPatch.read_chunk(
-          record.value)
+      patch_id, index, count, total, *_ = (
+          patch_lib.EmbeddingPatch.read_chunk(record.value))
       model, table, sequence = _parse_patch_id(patch_id)
     except (patch_lib.PatchError, ValueError) as error:
       if self._dead_letter([record], f"corrupt_patch: {error}"):
@@ -458,31 +492,78 @@ class Sidecar:
       self.stats.patches_foreign += 1
       self._done([record])
       return
+    if total > self.max_patch_bytes:
+      # Every chunk of it is refused this way: nothing is buffered.
+      if self._dead_letter([record], f"oversize_patch: {patch_id} is "
+                           f"{total} bytes, over max_patch_bytes="
+                           f"{self.max_patch_bytes}") and index == 0:
+        self.stats.patches_oversize += 1
+      return
     chunks = self._pending.setdefault(patch_id, {})
+    if index in chunks:
+      self._pending_bytes -= len(chunks[index].value)
     chunks[index] = record
+    self._pending_bytes += len(record.value)
+    self._bound_pending(patch_id)
     if len(chunks) < count:
       return
     del self._pending[patch_id]
+    self._pending_bytes -= sum(len(r.value) for r in chunks.values())
     records = sorted(chunks.values(), key=lambda r: r.offset)
     # A table's patches arrive in order: an older one still incomplete
     # lost a chunk (corrupt) and can never be applied.
     for other in [p for p in self._pending if
                   p.rsplit("/", 1)[0] == f"{model}/{table}" and
                   _parse_patch_id(p)[2] < sequence]:
-      if self._dead_letter(list(self._pending.pop(other).values()),
-                           f"incomplete_patch: {other} lost chunks"):
-        self.stats.patches_corrupt += 1
+      self._drop_pending(other, f"incomplete_patch: {other} lost chunks")
     try:
-      patch = patch_lib.EmbeddingPatch.from_chunks(r.value for r in records)
+      patch = patch_lib.EmbeddingPatch.from_chunks(
+          (r.value for r in records), keys=self.patch_keys,
+          max_bytes=self.max_patch_bytes)
+    except patch_lib.PatchSignatureError as error:
+      if self._dead_letter(records, f"{error.kind}: {patch_id}: {error}"):
+        if error.kind == "unsigned_patch":
+          self.stats.patches_unsigned += 1
+        else:
+          self.stats.patches_bad_signature += 1
+      return
     except patch_lib.PatchError as error:
       if self._dead_letter(records, f"corrupt_patch: {error}"):
         self.stats.patches_corrupt += 1
       return
-    self._seen[table] = max(self._seen.get(table, 0), sequence)
     first = records[0]
-    if self._index[table].get(sequence) != (first.partition, first.offset):
+    where = (first.partition, first.offset)
+    known = self._index[table].get(sequence)
+    if known != where and sequence <= self._seen.get(table, 0):
+      # Read before at another offset (or too long ago to be indexed): a
+      # copy sent again. The first copy is what the trainer published.
+      if self._dead_letter(records, f"replayed_patch: {patch_id} was read "
+                           "before (newest sequence read: "
+                           f"{self._seen.get(table, 0)})"):
+        self.stats.patches_replayed += 1
+      return
+    self._seen[table] = max(self._seen.get(table, 0), sequence)
+    if known != where:
       self._remember(table, sequence, first.partition, first.offset)
     self._ready.append((patch, records))
+
+  def _drop_pending(self, patch_id: str, reason: str):
+    records = list(self._pending.pop(patch_id).values())
+    self._pending_bytes -= sum(len(r.value) for r in records)
+    if self._dead_letter(records, reason):
+      self.stats.patches_corrupt += 1
+
+  def _bound_pending(self, keep: str):
+    """Drops the oldest unfinished patches while their chunks outgrow
+    `max_patch_bytes` (never `keep`, the one being read)."""
+    while self._pending_bytes > self.max_patch_bytes and len(
+        self._pending) > 1:
+      oldest = min((p for p in self._pending if p != keep),
+                   key=lambda p: min(r.offset for r in
+                                     self._pending[p].values()))
+      self._drop_pending(oldest, f"incomplete_patch: {oldest} dropped: the "
+                         "unfinished patches outgrew max_patch_bytes="
+                         f"{self.max_patch_bytes}")
 
   def _requests(self, patch: patch_lib.EmbeddingPatch):
     """`(keys, values, evicted, full)` requests under the size limit:

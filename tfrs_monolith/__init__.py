@@ -43,6 +43,7 @@ from tfrs_monolith.embedding import CollisionlessEmbedding
 from tfrs_monolith.models import Model
 from tfrs_monolith.patch import EmbeddingPatch
 from tfrs_monolith.patch import PatchError
+from tfrs_monolith.patch import PatchKeys
 from tfrs_monolith.patch import merge_patches
 from tfrs_monolith.table import CuckooHashTable
 
@@ -50,5 +51,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CollisionlessEmbedding", "CountMinSketch", "CuckooHashTable",
-    "EmbeddingPatch", "Model", "PatchError", "__version__", "merge_patches",
+    "EmbeddingPatch", "Model", "PatchError", "PatchKeys", "__version__",
+    "merge_patches",
 ]

@@ -158,6 +158,8 @@ class OnlineTrainer:
     log_interval: seconds between progress logs and TensorBoard summaries.
     summary_dir: TensorBoard log directory (None: no summaries).
     max_to_keep: checkpoints kept.
+    patch_keys: a `tm.PatchKeys` that signs every patch (HMAC-SHA256);
+      None publishes unsigned patches.
   """
 
   def __init__(self,
@@ -178,7 +180,8 @@ class OnlineTrainer:
                max_chunk_bytes: int = patch_lib.DEFAULT_CHUNK_BYTES,
                log_interval: float = 10.0,
                summary_dir: Optional[str] = None,
-               max_to_keep: int = 3):
+               max_to_keep: int = 3,
+               patch_keys: Optional[patch_lib.PatchKeys] = None):
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError("`batch_size` must be a positive integer. Received: "
                        f"batch_size={batch_size!r}")
@@ -210,6 +213,12 @@ class OnlineTrainer:
     self.export_dir = export_dir
     self.export_fn = export_fn
     self.max_chunk_bytes = max_chunk_bytes
+    if patch_keys is not None and (
+        not isinstance(patch_keys, patch_lib.PatchKeys) or
+        patch_keys.sign_with is None):
+      raise ValueError("`patch_keys` must be a tm.PatchKeys with a signing "
+                       f"key (sign_with). Received: patch_keys={patch_keys!r}")
+    self.patch_keys = patch_keys
     self.log_interval = float(log_interval)
     self.stats = TrainerStats()
     self._stop = threading.Event()
@@ -385,20 +394,24 @@ class OnlineTrainer:
     for table in self.tables:
       if table.ttl_seconds is not None:
         table.expire()
-      patch = table.export_patch(self.model_name, watermark)
+      out.append(table.export_patch(self.model_name, watermark))
+    # Durable before anything is sent: a trainer killed after sending and
+    # restarted from the previous checkpoint must not publish these
+    # sequence numbers again with other rows (a reader would take the
+    # second copy for a replay). A crash before sending leaves a gap,
+    # which readers report; the next patch carries the rows again.
+    streams.write_json_atomic(
+        self._published_path, {p.table_name: p.sequence for p in out})
+    for patch in out:
       # Keyed by table: a table's patches share a partition, so readers
       # see them in sequence order however many partitions the topic has.
-      key = f"{self.model_name}/{table.name}".encode("utf-8")
-      for chunk in patch.to_chunks(self.max_chunk_bytes):
+      key = f"{patch.model_name}/{patch.table_name}".encode("utf-8")
+      for chunk in patch.to_chunks(self.max_chunk_bytes, keys=self.patch_keys):
         self._producer.send(self.topics.patches, chunk, key=key)
         self.stats.patch_bytes += len(chunk)
       self.stats.patches += 1
       self.stats.patch_rows += len(patch)
-      out.append(patch)
     self._producer.flush()
-    # Durable before the checkpoint: a restart must not reuse these numbers.
-    streams.write_json_atomic(
-        self._published_path, {p.table_name: p.sequence for p in out})
     return out
 
   def checkpoint(self) -> str:
