@@ -34,9 +34,11 @@ from tfrs_monolith.serving.client import ServingClient
 from tfrs_monolith.serving.client import ServingError
 from tfrs_monolith.serving.client import ServingRejected
 from tfrs_monolith.serving.client import ServingUnavailable
+from tfrs_monolith.serving.client import tls_credentials
 from tfrs_monolith.serving.sidecar import Sidecar
 from tfrs_monolith.serving.sidecar import SidecarStats
 from tfrs_monolith.serving.warmup import warmup_requests
 
 __all__ = ["ServingClient", "ServingError", "ServingRejected",
-           "ServingUnavailable", "Sidecar", "SidecarStats", "warmup_requests"]
+           "ServingUnavailable", "Sidecar", "SidecarStats", "tls_credentials",
+           "warmup_requests"]

@@ -40,6 +40,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 __all__ = ["ServingClient", "ServingError", "ServingUnavailable",
+           "tls_credentials",
            "ServingRejected", "TooLarge"]
 
 _TRANSIENT = frozenset([
@@ -79,6 +80,42 @@ def _describe(error: grpc.RpcError) -> str:
   return f"{error.code().name}: {error.details()}"
 
 
+def tls_credentials(ca_file: Optional[str] = None,
+                    cert_file: Optional[str] = None,
+                    key_file: Optional[str] = None) -> grpc.ChannelCredentials:
+  """gRPC TLS credentials from PEM files.
+
+  Args:
+    ca_file: the CA (or self-signed server certificate) that signs the
+      server's certificate; None: the system's roots.
+    cert_file: this client's certificate, for servers that verify clients
+      (TF Serving's `client_verify`).
+    key_file: the private key of `cert_file`.
+
+  Raises:
+    ValueError: if only one of `cert_file` and `key_file` is given, or a
+      file cannot be read (naming it).
+  """
+  if (cert_file is None) != (key_file is None):
+    raise ValueError("`cert_file` and `key_file` go together. Received: "
+                     f"cert_file={cert_file!r}, key_file={key_file!r}")
+
+  def read(name, path):
+    if path is None:
+      return None
+    try:
+      with open(path, "rb") as f:
+        return f.read()
+    except OSError as error:
+      raise ValueError(f"cannot read `{name}` {path!r}: {error.strerror}"
+                       ) from None
+
+  return grpc.ssl_channel_credentials(
+      root_certificates=read("ca_file", ca_file),
+      private_key=read("key_file", key_file),
+      certificate_chain=read("cert_file", cert_file))
+
+
 class ServingClient:
   """Calls one model of a TF Serving server.
 
@@ -100,6 +137,10 @@ class ServingClient:
       up to `max_backoff`.
     max_backoff: the longest wait between retries.
     max_receive_bytes: the largest reply accepted.
+    credentials: TLS credentials (`tls_credentials`) for a server started
+      with `--ssl_config_file`; None: plaintext.
+    server_name: the name the server's certificate must carry, when it is
+      not the host of `target` (gRPC's `ssl_target_name_override`).
   """
 
   def __init__(self,
@@ -109,7 +150,9 @@ class ServingClient:
                retries: int = 3,
                backoff: float = 0.1,
                max_backoff: float = 5.0,
-               max_receive_bytes: int = 256 << 20):
+               max_receive_bytes: int = 256 << 20,
+               credentials: Optional[grpc.ChannelCredentials] = None,
+               server_name: Optional[str] = None):
     if not isinstance(target, str) or ":" not in target:
       raise ValueError("`target` must be a host:port string. Received: "
                        f"target={target!r}")
@@ -132,10 +175,19 @@ class ServingClient:
     self.backoff = float(backoff)
     self.max_backoff = float(max_backoff)
     self.retried = 0       # Transient failures retried so far.
-    self._channel = grpc.insecure_channel(target, options=[
+    options = [
         ("grpc.max_receive_message_length", int(max_receive_bytes)),
         ("grpc.max_send_message_length", -1),
-    ])
+    ]
+    if credentials is None:
+      if server_name is not None:
+        raise ValueError("`server_name` needs TLS `credentials`")
+      self._channel = grpc.insecure_channel(target, options=options)
+    else:
+      if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
+      self._channel = grpc.secure_channel(target, credentials,
+                                          options=options)
     self._predict = prediction_service_pb2_grpc.PredictionServiceStub(
         self._channel).Predict
     self._status = model_service_pb2_grpc.ModelServiceStub(

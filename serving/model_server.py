@@ -31,6 +31,10 @@ fetches by the signature's tensor names. It does not import `tfrs_monolith`
 * `--grpc_channel_arguments` are passed to `grpc.server`, so e.g.
   `grpc.max_receive_message_length=65536` makes larger requests fail with
   RESOURCE_EXHAUSTED, as on the real server.
+* `--ssl_config_file`: TF Serving's `SSLConfig` text proto (`server_key`,
+  `server_cert`, `custom_ca`, `client_verify`, PEM text in strings): the
+  gRPC port then serves TLS only, and with `client_verify` only to
+  clients whose certificate `custom_ca` signed.
 * Stand-in only: `--apply_log PATH` appends one JSON line per successful
   Predict on the `apply_patch` signature: `{"sha256": ..., "table": ...,
   "keys": n, "changed": n, "version": v}`, where `sha256` is over the
@@ -70,12 +74,14 @@ TensorFlow, which takes a few seconds.
 """
 
 import argparse
+import codecs
 import collections
 import concurrent.futures
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -491,6 +497,63 @@ def _channel_arguments(text):
   return options
 
 
+_SSL_FIELDS = {"server_key": str, "server_cert": str, "custom_ca": str,
+               "client_verify": bool}
+
+
+def read_ssl_config(text: str) -> dict:
+  """TF Serving's `SSLConfig` text proto as a dict of its four fields."""
+  config = {"server_key": "", "server_cert": "", "custom_ca": "",
+            "client_verify": False}
+  pattern = re.compile(r"""(\w+)\s*:\s*("(?:[^"\\]|\\.)*"|"""
+                       r"""'(?:[^'\\]|\\.)*'|true|false)""", re.S)
+  pos = 0
+  text = text.strip()
+  while pos < len(text):
+    match = pattern.match(text, pos)
+    if not match:
+      raise ValueError("--ssl_config_file: cannot parse "
+                       f"{text[pos:pos + 40]!r}")
+    name, value = match.groups()
+    if name not in _SSL_FIELDS:
+      raise ValueError(f"--ssl_config_file: unknown field {name!r} (SSLConfig "
+                       f"has {sorted(_SSL_FIELDS)})")
+    if _SSL_FIELDS[name] is bool:
+      if value not in ("true", "false"):
+        raise ValueError(f"--ssl_config_file: {name} must be true or false")
+      config[name] = value == "true"
+    else:
+      if value in ("true", "false"):
+        raise ValueError(f"--ssl_config_file: {name} must be a string")
+      config[name] = codecs.decode(value[1:-1], "unicode_escape")
+    pos = match.end()
+    while pos < len(text) and text[pos].isspace():
+      pos += 1
+  if not config["server_key"] or not config["server_cert"]:
+    raise ValueError("--ssl_config_file: server_key and server_cert are "
+                     "required")
+  if config["client_verify"] and not config["custom_ca"]:
+    raise ValueError("--ssl_config_file: client_verify needs custom_ca")
+  return config
+
+
+def _read_bytes(path):
+  if not path:
+    return None
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _server_credentials(path):
+  with open(path, encoding="utf-8") as f:
+    config = read_ssl_config(f.read())
+  return grpc.ssl_server_credentials(
+      [(config["server_key"].encode(), config["server_cert"].encode())],
+      root_certificates=(config["custom_ca"].encode()
+                         if config["custom_ca"] else None),
+      require_client_auth=config["client_verify"])
+
+
 def _parse_flags(argv):
   parser = argparse.ArgumentParser(
       description="Stand-in tensorflow_model_server for tests.")
@@ -501,6 +564,7 @@ def _parse_flags(argv):
                       default=1.0)
   parser.add_argument("--grpc_channel_arguments", default="")
   parser.add_argument("--apply_log", default=None)
+  parser.add_argument("--ssl_config_file", default=None)
   return parser.parse_args(argv)
 
 
@@ -543,8 +607,12 @@ def main(argv=None):
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(service, server)
   address = f"127.0.0.1:{flags.port}"
   try:
-    port = server.add_insecure_port(address)
-  except RuntimeError as e:
+    if flags.ssl_config_file:
+      port = server.add_secure_port(
+          address, _server_credentials(flags.ssl_config_file))
+    else:
+      port = server.add_insecure_port(address)
+  except (RuntimeError, ValueError, OSError) as e:
     port = 0
     _LOG.error("cannot bind %s: %s", address, e)
   if not port:
@@ -614,18 +682,26 @@ class ModelServer:
     apply_log: `--apply_log` path; a temporary file when None.
     log_path: where the server's stderr goes (appended across restarts); a
       temporary file when None.
+    ssl_config_file: `--ssl_config_file` (serve TLS).
+    ca_file: with `ssl_config_file`, the PEM CA this helper's own channel
+      trusts (and `client_cert_file`/`client_key_file` when the server
+      verifies clients).
 
   The server starts at construction; `wait_ready()` waits until it serves.
   Temporary files are removed by `close()` (or leaving the `with` block).
   """
 
   def __init__(self, base_path, model_name, port=None, poll_seconds=0.2,
-               channel_arguments=None, apply_log=None, log_path=None):
+               channel_arguments=None, apply_log=None, log_path=None,
+               ssl_config_file=None, ca_file=None, client_cert_file=None,
+               client_key_file=None):
     self.base_path = str(base_path)
     self.model_name = model_name
     self.port = port or free_port()
     self.poll_seconds = poll_seconds
     self.channel_arguments = dict(channel_arguments or {})
+    self.ssl_config_file = ssl_config_file
+    self._tls = (ca_file, client_cert_file, client_key_file)
     self._tmp = None
     if apply_log is None or log_path is None:
       self._tmp = tempfile.mkdtemp(prefix="model_server_")
@@ -647,6 +723,8 @@ class ModelServer:
             f"--model_base_path={self.base_path}",
             f"--file_system_poll_wait_seconds={self.poll_seconds}",
             f"--apply_log={self.apply_log}"]
+    if self.ssl_config_file:
+      args.append(f"--ssl_config_file={self.ssl_config_file}")
     if self.channel_arguments:
       args.append("--grpc_channel_arguments=" + ",".join(
           f"{k}={v}" for k, v in self.channel_arguments.items()))
@@ -665,12 +743,18 @@ class ModelServer:
           self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
           env=env)
     self._close_channel()
-    self.channel = grpc.insecure_channel(self.address, options=[
+    options = [
         ("grpc.max_receive_message_length", -1),
         ("grpc.max_send_message_length", -1),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 500),
-    ])
+    ]
+    if self.ssl_config_file:
+      ca, cert, key = (_read_bytes(p) for p in self._tls)
+      self.channel = grpc.secure_channel(
+          self.address, grpc.ssl_channel_credentials(ca, key, cert), options)
+    else:
+      self.channel = grpc.insecure_channel(self.address, options=options)
     self.prediction_stub = prediction_service_pb2_grpc.PredictionServiceStub(
         self.channel)
     self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)

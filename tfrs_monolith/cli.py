@@ -31,8 +31,20 @@ Usage:
       --patches kafka://127.0.0.1:9092 --state-dir /var/lib/sidecar \
       [--metrics-port 9108]
 
+  tfrs-monolith patch-key --id 2026-11 > patch-keys.json
+
 `join` and `train-batch` need the `[beam]` extra, `sidecar` the `[serving]`
 extra.
+
+Security (every flag names a file; no secret is ever given on the command
+line):
+
+* `--patch-keys FILE` (train-online: sign patches; sidecar: apply only
+  signed patches), or the JSON text in `TFRS_MONOLITH_PATCH_KEYS`.
+* `--kafka-config FILE`: a Kafka client properties file (TLS, SASL PLAIN or
+  SCRAM) for every Kafka client of the command; the same as setting
+  `TFRS_MONOLITH_KAFKA_CONFIG`, which `join` reads too.
+* sidecar `--serving-ca/--serving-cert/--serving-key`: TLS to TF Serving.
 
 `--model` names a function (`module:function` or `path/to/file.py:function`)
 that returns a compiled Keras model with `tm.CollisionlessEmbedding` tables.
@@ -85,7 +97,32 @@ def _positive(kind):
   return parse
 
 
+def _security_args(parser):
+  parser.add_argument("--patch-keys", default=None, metavar="FILE",
+                      help="JSON patch keys (tfrs-monolith patch-key); "
+                      "default: $TFRS_MONOLITH_PATCH_KEYS")
+  parser.add_argument("--kafka-config", default=None, metavar="FILE",
+                      help="Kafka client properties (security.protocol, "
+                      "sasl.mechanism, ...); default: "
+                      "$TFRS_MONOLITH_KAFKA_CONFIG")
+
+
+def _apply_security(args):
+  """Sets the Kafka config for every client; returns the patch keys."""
+  from tfrs_monolith import patch  # pylint: disable=g-import-not-at-top
+  if args.kafka_config:
+    if not os.path.isfile(args.kafka_config):
+      raise SystemExit(f"--kafka-config: no such file {args.kafka_config!r}")
+    os.environ["TFRS_MONOLITH_KAFKA_CONFIG"] = os.path.abspath(
+        args.kafka_config)
+  try:
+    return patch.PatchKeys.load(args.patch_keys)
+  except (OSError, ValueError) as error:
+    raise SystemExit(f"--patch-keys: {error}") from None
+
+
 def _train_online_args(parser):
+  _security_args(parser)
   parser.add_argument("--transport", required=True,
                       help="kafka://host:port or file:///path")
   parser.add_argument("--model", required=True,
@@ -119,6 +156,10 @@ def _train_online(args):
   from tfrs_monolith import export
   from tfrs_monolith import online
   from tfrs_monolith import streams
+  patch_keys = _apply_security(args)
+  if patch_keys is not None and patch_keys.sign_with is None:
+    raise SystemExit("--patch-keys: the keys name no signing key "
+                     "(\"sign_with\")")
   with distribute.strategy_scope():   # A cluster when TF_CONFIG names one.
     model = load_factory(args.model)()
   transport = streams.open_transport(args.transport)
@@ -132,7 +173,8 @@ def _train_online(args):
       dense_interval=args.dense_interval, export_dir=args.export_dir,
       export_fn=(lambda m, path, watermark: export.export_saved_model(
           m, path, watermark)) if args.export_dir else None,
-      log_interval=args.log_interval, summary_dir=args.summary_dir)
+      log_interval=args.log_interval, summary_dir=args.summary_dir,
+      patch_keys=patch_keys)
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: trainer.stop())
   with trainer:
@@ -181,8 +223,21 @@ def _train_batch(args):
 
 
 def _sidecar_args(parser):
+  _security_args(parser)
   parser.add_argument("--serving", required=True,
                       help="TF Serving gRPC address, host:port")
+  parser.add_argument("--serving-ca", default=None, metavar="FILE",
+                      help="PEM CA of TF Serving's certificate: use TLS")
+  parser.add_argument("--serving-cert", default=None, metavar="FILE",
+                      help="PEM client certificate (client_verify servers)")
+  parser.add_argument("--serving-key", default=None, metavar="FILE",
+                      help="PEM key of --serving-cert")
+  parser.add_argument("--serving-server-name", default=None,
+                      help="the name on TF Serving's certificate, if not "
+                      "the --serving host")
+  parser.add_argument("--max-patch-bytes", type=_positive(int),
+                      default=1 << 30,
+                      help="refuse larger patches (dead-lettered)")
   parser.add_argument("--model", required=True,
                       help="the model name in TF Serving's model config")
   parser.add_argument("--patches", required=True,
@@ -219,15 +274,28 @@ def _sidecar(args):
   import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
   from tfrs_monolith import serving
   from tfrs_monolith import streams
+  patch_keys = _apply_security(args)
+  credentials = None
+  if args.serving_ca or args.serving_cert or args.serving_key:
+    try:
+      credentials = serving.tls_credentials(args.serving_ca,
+                                            args.serving_cert,
+                                            args.serving_key)
+    except ValueError as error:
+      raise SystemExit(f"--serving-ca/--serving-cert/--serving-key: {error}"
+                       ) from None
   client = serving.ServingClient(args.serving, args.model,
-                                 timeout=args.timeout)
+                                 timeout=args.timeout,
+                                 credentials=credentials,
+                                 server_name=args.serving_server_name)
   sidecar = serving.Sidecar(
       client, streams.open_transport(args.patches), args.state_dir,
       topic=args.topic, dead_letter_topic=args.dead_letter_topic,
       patch_model=args.patch_model, base_path=args.base_path,
       group_id=args.group_id, max_request_bytes=args.max_request_bytes,
       status_interval=args.status_interval, metrics_port=args.metrics_port,
-      metrics_host=args.metrics_host)
+      metrics_host=args.metrics_host, patch_keys=patch_keys,
+      max_patch_bytes=args.max_patch_bytes)
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: sidecar.stop())
   with sidecar:
@@ -238,6 +306,12 @@ def _sidecar(args):
     summary = sidecar.metrics()
   client.close()
   print(json.dumps(summary, sort_keys=True))
+  return 0
+
+
+def _patch_key(args):
+  from tfrs_monolith import patch  # pylint: disable=g-import-not-at-top
+  print(patch.PatchKeys.generate(args.id))
   return 0
 
 
@@ -264,6 +338,10 @@ def main(argv: Optional[List[str]] = None) -> int:
       "server", help="run this task's parameter server or worker (from "
       "TF_CONFIG) for cluster training; serves until killed")
   commands.add_parser(
+      "patch-key", help="print a new random patch signing key (JSON) for "
+      "--patch-keys").add_argument("--id", default="k1",
+                                   help="the key id")
+  commands.add_parser(
       "join", add_help=False,
       help="join impressions with actions into examples (Beam pipeline; "
       "flags: python -m tfrs_monolith.beam.pipelines --help)")
@@ -286,6 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _sidecar(args)
   if args.command == "server":
     return _server(args)
+  if args.command == "patch-key":
+    return _patch_key(args)
   parser.error(f"unknown command {args.command}")
   return 2
 

@@ -52,7 +52,12 @@ from tfrs_monolith import embedding
 from tfrs_monolith import models
 from tfrs_monolith import sampling
 
-__all__ = ["export_saved_model", "WATERMARK_FILE"]
+__all__ = ["export_saved_model", "WATERMARK_FILE", "MAX_IDS_PER_REQUEST",
+           "MAX_ID_BYTES"]
+
+# What one scoring request may hold, checked by the serving signature.
+MAX_IDS_PER_REQUEST = 100_000
+MAX_ID_BYTES = 256
 
 WATERMARK_FILE = os.path.join("assets.extra", "watermark.json")
 _NOT_SERVED = ("label", "event_time", "sample_rate")
@@ -78,9 +83,12 @@ def _serving_spec(feature_spec, serving_features):
 class _Servable(tf.Module):
   """The model plus the two signatures, as one trackable object."""
 
-  def __init__(self, model, serving_spec, negative_sampling_rate=None):
+  def __init__(self, model, serving_spec, negative_sampling_rate=None,
+               max_ids_per_request=None, max_id_bytes=None):
     super().__init__(name="servable")
     self.model = model
+    self._max_ids = max_ids_per_request
+    self._max_id_bytes = max_id_bytes
     self._rate = negative_sampling_rate
     self.tables = models.find_tables(model)
     self._names = [t.name for t in self.tables]
@@ -126,7 +134,32 @@ class _Servable(tf.Module):
     with tf.control_dependencies([check]):
       return tf.cast(tf.reduce_min(hits), tf.int32)
 
+  def _checked(self, features):
+    """`features`, once each passed the request limits (else the request
+    fails with INVALID_ARGUMENT naming the feature, its size and the
+    limit)."""
+    checks = []
+    for name, value in sorted(features.items()):
+      if self._max_ids is not None:
+        size = tf.size(value, out_type=tf.int64)
+        checks.append(tf.debugging.Assert(
+            size <= self._max_ids,
+            [f"request limit: feature {name!r} holds", size,
+             f"values, over max_ids_per_request={self._max_ids}"]))
+      if self._max_id_bytes is not None and value.dtype == tf.string:
+        longest = tf.reduce_max(tf.concat(
+            [tf.reshape(tf.strings.length(value), [-1]), [0]], 0))
+        checks.append(tf.debugging.Assert(
+            longest <= self._max_id_bytes,
+            [f"request limit: feature {name!r} has a", longest,
+             f"byte string, over max_id_bytes={self._max_id_bytes}"]))
+    if not checks:
+      return features
+    with tf.control_dependencies(checks):
+      return {k: tf.identity(v) for k, v in features.items()}
+
   def _serve(self, features):
+    features = self._checked(features)
     outputs = self.model(features, training=False)
     outputs = (dict(outputs) if isinstance(outputs, Mapping) else
                {"outputs": outputs})
@@ -170,7 +203,10 @@ def export_saved_model(model: tf.keras.Model,
                        feature_spec: Optional[Mapping] = None,
                        serving_features: Optional[Sequence[str]] = None,
                        negative_sampling_rate: Optional[float] = None,
-                       assets_extra: Optional[Mapping[str, bytes]] = None):
+                       assets_extra: Optional[Mapping[str, bytes]] = None,
+                       max_ids_per_request: Optional[int] = (
+                           MAX_IDS_PER_REQUEST),
+                       max_id_bytes: Optional[int] = MAX_ID_BYTES):
   """Writes `model` as one TF Serving version directory at `path`.
 
   Args:
@@ -193,6 +229,10 @@ def export_saved_model(model: tf.keras.Model,
       before the version appears; e.g. TF Serving's warm-up requests
       `{"tf_serving_warmup_requests": tfrs_monolith.serving.
       warmup_requests(...)}`.
+    max_ids_per_request: the serving signature refuses a request with
+      more values than this in any feature (INVALID_ARGUMENT, naming the
+      feature and the size); None: no limit.
+    max_id_bytes: ... and a string id longer than this many bytes.
 
   Returns:
     `path`.
@@ -215,8 +255,15 @@ def export_saved_model(model: tf.keras.Model,
   if negative_sampling_rate is not None:
     negative_sampling_rate = sampling.check_rate(negative_sampling_rate,
                                                  "negative_sampling_rate")
+  for name, value in (("max_ids_per_request", max_ids_per_request),
+                      ("max_id_bytes", max_id_bytes)):
+    if value is not None and (isinstance(value, bool) or
+                              not isinstance(value, int) or value < 1):
+      raise ValueError(f"`{name}` must be a positive integer or None. "
+                       f"Received: {name}={value!r}")
   servable = _Servable(model, _serving_spec(feature_spec, serving_features),
-                       negative_sampling_rate)
+                       negative_sampling_rate, max_ids_per_request,
+                       max_id_bytes)
   if not servable.tables:
     raise ValueError("`model` has no tm.CollisionlessEmbedding table")
   if watermark is None:
