@@ -54,6 +54,12 @@ def isin(values: tf.Tensor, pool: tf.Tensor) -> tf.Tensor:
   return tf.logical_and(size > 0, tf.equal(tf.gather(padded, at), values))
 
 
+def _by_count(keys, counts):
+  """`keys` and `counts`, most frequent first (stable)."""
+  order = tf.argsort(counts, direction="DESCENDING", stable=True)
+  return tf.gather(keys, order), tf.gather(counts, order)
+
+
 def _check_positive_int(name, value, upper=None):
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise ValueError(
@@ -111,7 +117,11 @@ class CuckooHashTable(tf.Module):
       with an index sized tighter than the default) cannot place a key in
       its two full buckets. `"evict_lru"`: evict the least recently seen keys
       of the table (no free row) or of those two buckets (no free slot), and
-      report them as removed. `"error"`: raise `InvalidArgumentError`,
+      report them as removed. Keys seen at the insert's event time (the
+      call's own keys among them) are never evicted to make room: new keys
+      beyond the rows that frees are refused, the most frequent in the call
+      placed first, and counted in `rejected`. So a flood of new ids can
+      push out only ids idle for longer than the ids in use. `"error"`: raise `InvalidArgumentError`,
       inserting none of the call's keys.
     max_rounds: Bound on the parallel cuckoo rounds of one insert.
     name: Module name.
@@ -633,16 +643,26 @@ class CuckooHashTable(tf.Module):
            self._capacity, "(full_policy='error')."]))
     present = tf.boolean_mask(rows, rows >= 0)
     present_counts = tf.boolean_mask(counts, rows >= 0)
+    new_counts = tf.boolean_mask(counts, absent)
     with tf.control_dependencies(checks):
       if self._full_policy == "evict_lru":
-        # Present keys are seen now, so LRU eviction picks others first.
+        # Present keys are seen now, so LRU eviction picks others first,
+        # and never a key seen now: those are in use.
         self.touch_rows(present, now, present_counts)
-        tf.cond(shortfall > 0, lambda: tf.size(self.evict_lru(shortfall)),
+        idle = tf.reduce_sum(tf.cast(tf.logical_and(
+            self.row_live > 0, self.row_last_seen < now), tf.int64))
+        tf.cond(tf.minimum(shortfall, idle) > 0,
+                lambda: tf.size(self.evict_lru(tf.minimum(shortfall, idle))),
                 lambda: tf.constant(0))
+        # Not all fit: the most frequent new keys go first (the rest are
+        # refused by `_insert_new` and counted).
+        new_keys, new_counts = tf.cond(
+            shortfall > idle,
+            lambda: _by_count(new_keys, new_counts),
+            lambda: (new_keys, new_counts))
 
       def insert_and_look_up():
-        unsettled, new_rows = self._insert_new(
-            new_keys, now, tf.boolean_mask(counts, absent))
+        unsettled, new_rows = self._insert_new(new_keys, now, new_counts)
         simple = tf.logical_and(
             tf.logical_not(unsettled),
             tf.logical_and(shortfall <= 0,
