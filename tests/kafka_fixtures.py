@@ -79,9 +79,14 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
   """One real Kafka broker (KRaft, loopback only) shared by the session."""
+  yield from _running_broker(tmp_path_factory, "kafka")
+
+
+def _running_broker(tmp_path_factory, name, **kwargs):
+  """Starts a broker in a fresh folder; stops it and deletes the folder."""
   kafka_broker_module.fetch(quiet=True)
-  data_dir = tmp_path_factory.mktemp("kafka")
-  broker = kafka_broker_module.KafkaBroker(data_dir)
+  data_dir = tmp_path_factory.mktemp(name)
+  broker = kafka_broker_module.KafkaBroker(data_dir, **kwargs)
   broker.start()
   try:
     yield broker
@@ -129,13 +134,5 @@ SECURE_USERS = {"alice": "alice-secret-5c1e", "bob": "bob-secret-93d0"}
 @pytest.fixture(scope="module")
 def kafka_secure_broker(tmp_path_factory):
   """A SASL_SSL (SCRAM) broker for the tests of one module."""
-  kafka_broker_module.fetch(quiet=True)
-  data_dir = tmp_path_factory.mktemp("kafka-secure")
-  broker = kafka_broker_module.KafkaBroker(
-      data_dir, security="sasl_ssl", users=SECURE_USERS)
-  broker.start()
-  try:
-    yield broker
-  finally:
-    broker.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+  yield from _running_broker(tmp_path_factory, "kafka-secure",
+                             security="sasl_ssl", users=SECURE_USERS)

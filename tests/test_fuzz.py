@@ -130,13 +130,18 @@ def _check_patch(patch):
   assert tm.EmbeddingPatch.deserialize(data).serialize() == data
 
 
-def _deserialize_or_error(data):
+def _decoded_or_none(decode, data):
+  """`decode(data)` checked, or None if it raised the clean error."""
   try:
-    patch = tm.EmbeddingPatch.deserialize(data)
+    patch = decode(data)
   except tm.PatchError:
     return None
   _check_patch(patch)
   return patch
+
+
+def _deserialize_or_error(data):
+  return _decoded_or_none(tm.EmbeddingPatch.deserialize, data)
 
 
 def _patch_bytes(header, arrays: bytes) -> bytes:
@@ -268,12 +273,7 @@ def chunked(draw):
 
 
 def _from_chunks_or_error(chunks):
-  try:
-    patch = tm.EmbeddingPatch.from_chunks(chunks)
-  except tm.PatchError:
-    return None
-  _check_patch(patch)
-  return patch
+  return _decoded_or_none(tm.EmbeddingPatch.from_chunks, chunks)
 
 
 def _read_chunk_or_error(chunk):
@@ -681,6 +681,16 @@ def _read_all(transport, max_polls=50):
   return got, None
 
 
+def _read_all_traced(transport):
+  """`_read_all` and the peak of the memory it allocated (bytes)."""
+  tracemalloc.start()
+  try:
+    got, error = _read_all(transport)
+    return got, error, tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
 LOG_RECORDS = st.lists(
     st.tuples(st.one_of(st.none(), st.binary(max_size=8)),
               st.binary(max_size=40)), min_size=1, max_size=6)
@@ -707,12 +717,7 @@ class TestFileLogFuzz:
                    mutated[at + streams._FRAME.size:])
     with open(path, "wb") as f:
       f.write(mutated)
-    tracemalloc.start()
-    try:
-      got, error = _read_all(transport)
-      _, peak = tracemalloc.get_traced_memory()
-    finally:
-      tracemalloc.stop()
+    got, error, peak = _read_all_traced(transport)
     # Reading allocates about the file's size and a read buffer, never
     # what a corrupt length claims.
     assert peak < 8 * len(mutated) + (4 << 20)
@@ -731,12 +736,7 @@ class TestFileLogFuzz:
       streams._FRAME.pack_into(log, at, *fields)
       f.seek(0)
       f.write(log)
-    tracemalloc.start()
-    try:
-      got, error = _read_all(transport)
-      _, peak = tracemalloc.get_traced_memory()
-    finally:
-      tracemalloc.stop()
+    got, error, peak = _read_all_traced(transport)
     # Like a record still being written: the reader stops before it.
     assert [r.value for r in got] == [b"hello"] and error is None
     assert peak < 16 << 20
