@@ -25,7 +25,8 @@ first patch is served, for `--seconds` more, during which:
 * the trainer exports a new model version every `--seconds / 3`, which the
   model server loads mid-run (the sidecar replays patches onto it).
 
-A process that dies on its own is restarted too, and counted. At the end
+A process that dies on its own is restarted too, and counted (a check
+fails then). At the end
 the trainer is stopped (SIGTERM: a last patch and checkpoint) and the run
 proves, by counting:
 
@@ -452,6 +453,8 @@ def run(seconds=300.0, rate=1000, out="runs/soak", seed=0):
                         for r in rows.values()),
       "new_version_served": (figures["served_version"] or 0) > 1,
       "no_dead_letters": figures["dead_letters"] == 0,
+      # Killed processes come back; none should die of the other faults.
+      "no_unplanned_restarts": trainer.crashes == 0 and sidecar.crashes == 0,
   }
   figures["checks"] = checks
   figures["ok"] = all(checks.values())

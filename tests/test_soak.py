@@ -21,7 +21,8 @@ def test_short_soak_loses_nothing(tmp_path):
   print(json.dumps(figures, sort_keys=True))
   assert figures["checks"] == {
       "no_example_lost": True, "no_patch_lost": True, "rows_equal": True,
-      "new_version_served": True, "no_dead_letters": True}, figures
+      "new_version_served": True, "no_dead_letters": True,
+      "no_unplanned_restarts": True}, figures
   # The faults happened.
   assert figures["trainer"]["kills"] == 1 and figures["sidecar"]["kills"] == 1
   assert figures["examples_acked"] >= 60 * 200 * 0.5

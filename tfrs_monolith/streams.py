@@ -1056,9 +1056,36 @@ class _KafkaProducer(Producer):
       self._producer.close()
 
 
+# How long a consumer call waits out a broker that is away (a restart, a
+# leader election) before the error reaches the caller.
+KAFKA_OUTAGE_SECONDS = 300.0
+
+
+def _outlasting(what, call, *args):
+  """`call(*args)`, retried with backoff while Kafka raises retriable
+  errors (broker unreachable, timeouts, no leader or coordinator), for up
+  to `KAFKA_OUTAGE_SECONDS`."""
+  from kafka import errors  # pylint: disable=g-import-not-at-top
+  deadline = time.monotonic() + KAFKA_OUTAGE_SECONDS
+  delay = 0.2
+  while True:
+    try:
+      return call(*args)
+    except errors.KafkaError as error:
+      if not getattr(error, "retriable", False) or (
+          time.monotonic() + delay > deadline):
+        raise
+      logging.getLogger(__name__).warning(
+          "%s failed (%s: %s); retrying in %.1f s", what,
+          type(error).__name__, error, delay)
+      time.sleep(delay)
+      delay = min(2 * delay, 5.0)
+
+
 class _KafkaConsumer(Consumer):
   """Assigns every partition of the topics itself (no rebalancing), so that
-  `seek` works at once; commits go to `group_id`."""
+  `seek` works at once; commits go to `group_id`. Position, commit and
+  offset calls wait out a broker outage (`KAFKA_OUTAGE_SECONDS`)."""
 
   def __init__(self, kafka, consumer, topics):
     self._kafka = kafka
@@ -1094,12 +1121,13 @@ class _KafkaConsumer(Consumer):
         self._consumer.seek(tp, int(offset))
 
   def position(self):
-    return {(tp.topic, tp.partition): int(self._consumer.position(tp))
+    return {(tp.topic, tp.partition): int(_outlasting(
+        "reading the consumer position", self._consumer.position, tp))
             for tp in self._partitions}
 
   def commit(self, offsets):
     from kafka.structs import OffsetAndMetadata  # pylint: disable=g-import-not-at-top
-    self._consumer.commit({
+    _outlasting("committing offsets", self._consumer.commit, {
         self._kafka.TopicPartition(t, p): OffsetAndMetadata(int(o), "", -1)
         for (t, p), o in offsets.items()
     })
@@ -1107,13 +1135,15 @@ class _KafkaConsumer(Consumer):
   def committed(self):
     out = {}
     for tp in self._partitions:
-      offset = self._consumer.committed(tp)
+      offset = _outlasting("reading committed offsets",
+                           self._consumer.committed, tp)
       if offset is not None:
         out[(tp.topic, tp.partition)] = int(offset)
     return out
 
   def end_offsets(self):
-    ends = self._consumer.end_offsets(self._partitions)
+    ends = _outlasting("reading end offsets", self._consumer.end_offsets,
+                       self._partitions)
     return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
 
   def close(self):

@@ -133,3 +133,28 @@ def test_topic_names_are_checked(tmp_path):
   transport = streams.FileTransport(str(tmp_path))
   with pytest.raises(ValueError, match="topic='../x'"):
     transport.create_topics(["../x"])
+
+
+def test_consumer_calls_outlast_a_broker_outage(monkeypatch):
+  from kafka import errors  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def flaky(x):
+    calls.append(x)
+    if len(calls) < 3:
+      raise errors.KafkaConnectionError("111 ECONNREFUSED")
+    return x + 1
+
+  monkeypatch.setattr(streams.time, "sleep", lambda seconds: None)
+  assert streams._outlasting("reading", flaky, 1) == 2 and len(calls) == 3
+
+  def refused(x):
+    raise errors.CommitFailedError("not retriable")
+
+  with pytest.raises(errors.CommitFailedError):
+    streams._outlasting("committing", refused, 1)
+  monkeypatch.setattr(streams, "KAFKA_OUTAGE_SECONDS", 0.0)
+  calls.clear()
+  with pytest.raises(errors.KafkaConnectionError):
+    streams._outlasting("reading", flaky, 1)
+  assert len(calls) == 1
