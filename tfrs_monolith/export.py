@@ -144,14 +144,14 @@ class _Servable(tf.Module):
         size = tf.size(value, out_type=tf.int64)
         checks.append(tf.debugging.Assert(
             size <= self._max_ids,
-            [f"request limit: feature {name!r} holds", size,
+            [f"request limit: feature {name} holds", size,
              f"values, over max_ids_per_request={self._max_ids}"]))
       if self._max_id_bytes is not None and value.dtype == tf.string:
         longest = tf.reduce_max(tf.concat(
             [tf.reshape(tf.strings.length(value), [-1]), [0]], 0))
         checks.append(tf.debugging.Assert(
             longest <= self._max_id_bytes,
-            [f"request limit: feature {name!r} has a", longest,
+            [f"request limit: feature {name} has a", longest,
              f"byte string, over max_id_bytes={self._max_id_bytes}"]))
     if not checks:
       return features
