@@ -22,7 +22,7 @@ table holding `--live` keys, and turned into `--dim`-wide vectors, by:
 * `ours`: `CollisionlessEmbedding` in inference (`layer(ids,
   training=False)`), in graph mode and with XLA, the faster is reported;
 * `ours_split`: the same lookup composed from its public parts: the
-  XLA-compiled `table.lookup_flat` then a graph-mode gather of
+  XLA-compiled `table.lookup_flat(compiled=True)` then a graph-mode gather of
   `layer.embeddings`, absent ids mapped to the never-used zero row
   `capacity` instead of masking the vectors;
 * `dense_hash_table` / `mutable_hash_table`: `tf.lookup.experimental`
@@ -145,7 +145,8 @@ def main():
   def ours(x):
     return layer(x, training=False)
 
-  probe_xla = tf.function(table.lookup_flat, jit_compile=True)
+  probe_xla = tf.function(lambda x: table.lookup_flat(x, compiled=True),
+                          jit_compile=True)
 
   def ours_split(x):
     rows = probe_xla(x)

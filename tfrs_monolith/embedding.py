@@ -15,6 +15,7 @@
 
 import contextlib
 import contextvars
+import functools
 import math
 import numbers
 import weakref
@@ -221,6 +222,10 @@ class ShardedTableView:
     """Keys that could not be given a row (full shards), cumulative."""
     return tf.add_n([table.rejected.read_value() for table in self.tables])
 
+  def rewrite_empty_slots(self) -> tf.Tensor:
+    """`CuckooHashTable.rewrite_empty_slots` of every shard; the sum."""
+    return tf.add_n([table.rewrite_empty_slots() for table in self.tables])
+
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_monolith")
 class CollisionlessEmbedding(tf.keras.layers.Layer):
@@ -420,8 +425,13 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     # The XLA-compiled blocks (used when `jit_compile`), one per layer so
     # that eager calls reuse their compilations. Set past Keras's tracking:
     # they are never saved with the layer.
-    for name, fn in (("_xla_read_index", self._read_index),
-                     ("_xla_probe_touch", self._probe_touch)):
+    # Inference probes with the formulation XLA fuses into one loop; in
+    # training, where the rows feed the touch scatters too, XLA splits that
+    # one into a gather per slot, and the whole-bucket probe is faster.
+    for name, fn in (
+        ("_xla_read_index", functools.partial(self._read_index,
+                                              compiled=True)),
+        ("_xla_probe_touch", self._probe_touch)):
       object.__setattr__(self, name, tf.function(fn, jit_compile=True,
                                                  autograph=False))
 
@@ -753,10 +763,10 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         tf.constant([sink])))
     return tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
 
-  def _read_index(self, keys):
+  def _read_index(self, keys, compiled=False):
     """The rows inference reads for 1-D int64 `keys`: the template row
-    (never trained: zeros) where a key has none."""
-    rows = self._table.lookup_flat(keys)
+    (never trained: zeros) where a key has none. `compiled`: under XLA."""
+    rows = self._table.lookup_flat(keys, compiled=compiled)
     return tf.where(rows >= 0, rows, self.capacity)
 
   def _lookup(self, keys):

@@ -276,6 +276,11 @@ class OnlineTrainer:
     if path is None:
       return None
     self._checkpoint.restore(path)
+    for layer in self.tables:
+      rewritten = int(layer.table.rewrite_empty_slots())
+      if rewritten:
+        _LOG.info("%s: gave %d empty index slots their empty key",
+                  layer.name, rewritten)
     offsets = json.loads(self._offsets.numpy().decode("utf-8"))
     self._consumer.seek({
         (name.rpartition("/")[0], int(name.rpartition("/")[2])): offset

@@ -160,12 +160,16 @@ class CuckooHashTable(tf.Module):
     self._max_rounds = max_rounds
 
     with tf.init_scope():
+      self._empty_keys = self._find_empty_keys()
       # One bucket per row: its slots' keys, then their rows (-1: empty).
       # A probe reads a bucket as one contiguous slice (64 bytes with 4
       # slots: one cache line) instead of 2 * slots scattered scalars.
+      # Empty slots hold their bucket's empty key (`_empty_key_of`).
+      empty = tf.range(num_buckets, dtype=tf.int64)
       self.buckets = tf.Variable(
           tf.concat([
-              tf.zeros([num_buckets, slots_per_bucket], tf.int64),
+              tf.tile(self._empty_key_of(empty)[:, None],
+                      [1, slots_per_bucket]),
               tf.fill([num_buckets, slots_per_bucket],
                       tf.constant(-1, tf.int64))
           ], 1), trainable=False, name="buckets")
@@ -244,13 +248,72 @@ class CuckooHashTable(tf.Module):
     b2 = tf.where(b2 >= self._num_buckets, b2 - self._num_buckets, b2)
     return b1, b2
 
+  def _find_empty_keys(self):
+    """Two keys whose bucket pairs are disjoint, or None (under 4 buckets).
+
+    An empty slot holds the first key, or the second in the first key's own
+    buckets: a probe of any key then never finds the key of an empty slot
+    among its candidates (a key probing bucket b differs from a key that
+    never maps to b). So a probe needs no check of the row to tell a free
+    slot from the key's own (`lookup_flat` with `compiled`).
+    """
+    if self._num_buckets < 4:
+      return None
+    candidates = tf.range(1, 65, dtype=tf.int64)
+    b1, b2 = (b.numpy().tolist() for b in self._buckets(candidates))
+    pairs = [{x, y} for x, y in zip(b1, b2)]
+    for i, pair in enumerate(pairs[1:], 1):
+      if not pair & pairs[0]:
+        return (1, i + 1), (b1[0], b2[0])
+    return None  # pragma: no cover (64 random pairs of >= 4 buckets)
+
+  def _empty_key_of(self, buckets):
+    """The key an empty slot of each bucket (int64 tensor) holds."""
+    if self._empty_keys is None:
+      return tf.zeros_like(buckets)
+    (first, second), (c1, c2) = self._empty_keys
+    return tf.where(tf.logical_or(tf.equal(buckets, c1), tf.equal(buckets, c2)),
+                    tf.constant(second, tf.int64), tf.constant(first, tf.int64))
+
+  def rewrite_empty_slots(self) -> tf.Tensor:
+    """Gives every empty slot of the index its bucket's empty key.
+
+    An index written by this version needs nothing. One restored from a
+    checkpoint written before empty slots held empty keys (see the
+    changelog) may keep removed keys in empty slots, and the XLA probe
+    (`lookup_flat` with `compiled`) misses a key if it matches such a copy
+    instead of the key's own slot: XLA inference then reads the default
+    vector (training and serving graphs probe every row and find the key). `tm.OnlineTrainer` calls this after
+    every restore; call it after restoring such a checkpoint yourself.
+
+    Returns:
+      The number of slots rewritten (int64 scalar).
+    """
+    contents = self.buckets.read_value()
+    s = self._slots
+    buckets = tf.range(self._num_buckets, dtype=tf.int64)
+    stale = tf.logical_and(
+        contents[:, s:] < 0,
+        tf.not_equal(contents[:, :s], self._empty_key_of(buckets)[:, None]))
+    with tf.control_dependencies([self._write_buckets(buckets, contents)]):
+      return tf.math.count_nonzero(stale)
+
   # -------------------------------------------------------------------- lookup
 
   def _write_buckets(self, buckets, contents):
     """Overwrites whole buckets (int64 ids, each at most once) with
-    `contents` ([k, 2 * slots]); returns the op."""
+    `contents` ([k, 2 * slots]); returns the op.
+
+    Slots with no row get their bucket's empty key, whatever key they had
+    (a removed or displaced key does not linger).
+    """
+    s = self._slots
+    keys = tf.where(contents[:, s:] < 0,
+                    self._empty_key_of(tf.cast(buckets, tf.int64))[:, None],
+                    contents[:, :s])
     return tf.raw_ops.ResourceScatterUpdate(
-        resource=self.buckets.handle, indices=buckets, updates=contents)
+        resource=self.buckets.handle, indices=buckets,
+        updates=tf.concat([keys, contents[:, s:]], 1))
 
   def _with_slot(self, contents, slot, key, row):
     """`contents` ([k, 2 * slots]) with slot `slot` ([k]) set to (key, row)."""
@@ -300,11 +363,51 @@ class CuckooHashTable(tf.Module):
                                    contents[:, s:])], 1))
     return rows
 
-  def lookup_flat(self, keys: tf.Tensor) -> tf.Tensor:
-    """Rows of a 1-D int64 key tensor (graph building block); -1 if absent."""
+  def lookup_flat(self, keys: tf.Tensor, compiled: bool = False) -> tf.Tensor:
+    """Rows of a 1-D int64 key tensor (graph building block); -1 if absent.
+
+    Args:
+      keys: 1-D int64 keys.
+      compiled: formulate the probe for XLA (`jit_compile`): each key reads
+        the keys of its 2 x slots slots and then the one row it matched, as
+        scalar gathers that XLA fuses into one loop (a third less time
+        than whole-bucket gathers for 65,536 keys). Without XLA the
+        whole-bucket gathers are faster, as each op of the unrolled probe
+        runs on its own. A key that matched a slot with no row reads -2,
+        which only an index restored from an earlier build's checkpoint
+        can cause (`rewrite_empty_slots`).
+    """
+    if compiled and self._empty_keys is not None:
+      return self._probe_slots(keys)
+    return self._probe_buckets(keys)
+
+  def _probe_buckets(self, keys):
+    """`lookup_flat` from whole buckets; ignores matches with no row."""
     _, _, slot_rows, match = self._match(keys)
-    # Lingering removed keys match with row -1, which the max ignores.
     return tf.cast(tf.reduce_max(tf.where(match, slot_rows, -1), axis=[1, 2]),
+                   tf.int32)
+
+  def _probe_slots(self, keys):
+    """`lookup_flat` from the slots' keys and the matched row alone.
+
+    Returns int32 rows: -1 where absent, -2 where the matched slot has no
+    row. The latter never happens in an index written by this version, as
+    empty slots hold empty keys; in an index restored from a checkpoint of
+    an earlier one, a removed key may linger in a slot with no row
+    (`rewrite_empty_slots`).
+    """
+    b1, b2 = self._buckets(keys)
+    flat = tf.reshape(self.buckets, [-1])
+    s = self._slots
+    at = tf.fill(tf.shape(keys), tf.constant(-1, tf.int64))
+    for bucket in (b1, b2):
+      base = bucket * (2 * s)
+      for j in range(s):
+        at = tf.where(tf.equal(tf.gather(flat, base + j), keys),
+                      base + s + j, at)
+    row = tf.gather(flat, tf.maximum(at, 0))
+    return tf.cast(tf.where(at < 0, tf.constant(-1, tf.int64),
+                            tf.where(row < 0, tf.constant(-2, tf.int64), row)),
                    tf.int32)
 
   def lookup(self, keys) -> tf.Tensor:

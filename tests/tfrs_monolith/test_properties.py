@@ -36,6 +36,17 @@ _EMPTY = tf.train.Checkpoint(table=_TABLE, trainer=_TRAINER,
 _EMPTY_PATH = _EMPTY.write(tempfile.mkdtemp() + "/empty")
 
 
+# The probe as XLA compiles it (`compiled`), on batches padded to one size.
+_XLA_LOOKUP = tf.function(lambda k: _TABLE.lookup_flat(k, compiled=True),
+                          jit_compile=True)
+
+
+def _xla_lookup(keys):
+  padded = np.zeros(8, np.int64)
+  padded[:len(keys)] = keys
+  return _XLA_LOOKUP(tf.constant(padded)).numpy()[:len(keys)].tolist()
+
+
 def _reset():
   _EMPTY.read(_EMPTY_PATH).assert_consumed()
 
@@ -84,6 +95,7 @@ class TableMachine(stateful.RuleBasedStateMachine):
   def lookup(self, keys):
     rows = self.table.lookup(np.array(keys, np.int64)).numpy().tolist()
     assert rows == [self.model.get(k, (-1, 0))[0] for k in keys]
+    assert _xla_lookup(keys) == rows
 
   @stateful.rule(keys=_BATCH)
   def remove(self, keys):
@@ -107,6 +119,16 @@ class TableMachine(stateful.RuleBasedStateMachine):
     assert _state(self.table) == self.model
     rows = [row for row, _ in self.model.values()]
     assert len(set(rows)) == len(rows), "two live keys share a row"
+
+  @stateful.invariant()
+  def empty_slots_hold_empty_keys(self):
+    table = self.table
+    contents = table.buckets.numpy()
+    s = table.slots_per_bucket
+    empty = table._empty_key_of(  # pylint: disable=protected-access
+        tf.range(table.num_buckets, dtype=tf.int64)).numpy()
+    slot_keys = np.where(contents[:, s:] < 0, contents[:, :s], empty[:, None])
+    np.testing.assert_array_equal(slot_keys, np.repeat(empty[:, None], s, 1))
 
 
 class PatchMachine(stateful.RuleBasedStateMachine):
