@@ -537,13 +537,6 @@ def read_ssl_config(text: str) -> dict:
   return config
 
 
-def _read_bytes(path):
-  if not path:
-    return None
-  with open(path, "rb") as f:
-    return f.read()
-
-
 def _server_credentials(path):
   with open(path, encoding="utf-8") as f:
     config = read_ssl_config(f.read())
@@ -750,9 +743,11 @@ class ModelServer:
         ("grpc.max_reconnect_backoff_ms", 500),
     ]
     if self.ssl_config_file:
-      ca, cert, key = (_read_bytes(p) for p in self._tls)
+      # The server side of this module stays free of the package, as TF
+      # Serving is.
+      from tfrs_monolith.serving import client  # pylint: disable=g-import-not-at-top
       self.channel = grpc.secure_channel(
-          self.address, grpc.ssl_channel_credentials(ca, key, cert), options)
+          self.address, client.tls_credentials(*self._tls), options)
     else:
       self.channel = grpc.insecure_channel(self.address, options=options)
     self.prediction_stub = prediction_service_pb2_grpc.PredictionServiceStub(

@@ -236,8 +236,9 @@ def _sidecar_args(parser):
                       help="the name on TF Serving's certificate, if not "
                       "the --serving host")
   parser.add_argument("--max-patch-bytes", type=_positive(int),
-                      default=1 << 30,
-                      help="refuse larger patches (dead-lettered)")
+                      default=None,
+                      help="refuse larger patches (dead-lettered; "
+                      "default 1 GiB)")
   parser.add_argument("--model", required=True,
                       help="the model name in TF Serving's model config")
   parser.add_argument("--patches", required=True,
@@ -272,6 +273,7 @@ def _sidecar_args(parser):
 def _sidecar(args):
   # pylint: disable=g-import-not-at-top
   import tfrs_monolith  # noqa: F401  Selects Keras 2 before TensorFlow.
+  from tfrs_monolith import patch
   from tfrs_monolith import serving
   from tfrs_monolith import streams
   patch_keys = _apply_security(args)
@@ -295,7 +297,9 @@ def _sidecar(args):
       group_id=args.group_id, max_request_bytes=args.max_request_bytes,
       status_interval=args.status_interval, metrics_port=args.metrics_port,
       metrics_host=args.metrics_host, patch_keys=patch_keys,
-      max_patch_bytes=args.max_patch_bytes)
+      max_patch_bytes=(patch.DEFAULT_MAX_PATCH_BYTES
+                       if args.max_patch_bytes is None
+                       else args.max_patch_bytes))
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: sidecar.stop())
   with sidecar:
