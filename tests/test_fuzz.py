@@ -616,7 +616,22 @@ class TestEventLimits:
     with pytest.raises(streams.MalformedMessage, match="oversize example"):
       streams.parse_example(b"\xff" * ((1 << 20) + 1))
     with pytest.raises(streams.MalformedMessage, match="must be bytes"):
-      streams.parse_example(None)
+      streams.parse_example(12)
+
+  def test_tombstones(self):
+    # A Kafka message with no value (a tombstone, which any producer can
+    # write) is refused by every parser and dead-lettered with a null value.
+    for parse in (streams.parse_impression, streams.parse_action,
+                  streams.parse_example):
+      with pytest.raises(streams.MalformedMessage,
+                         match="^no value: the .* message is a tombstone$"):
+        parse(None)
+    with pytest.raises(patch_lib.PatchError, match="tombstone"):
+      tm.EmbeddingPatch.read_chunk(None)
+    letter = streams.DeadLetterQueue.decode(streams.dead_letter(
+        streams.Record("examples", 0, 3, b"k", None, 0), "no value: x"))
+    assert (letter["offset"], letter["key"], letter["value"],
+            letter["reason"]) == (3, b"k", None, "no value: x")
 
 
 def _example_bytes():

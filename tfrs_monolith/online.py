@@ -315,11 +315,16 @@ class OnlineTrainer:
 
   def _parse(self, records: List[streams.Record]):
     """Parsed feature batch of the good records; bad ones dead-lettered."""
-    try:   # The common case: every record is good, one op parses them all.
-      return tf.io.parse_example([r.value for r in records],
-                                 self.feature_spec)
-    except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
-      pass   # (The op's error message may quote undecodable bytes.)
+    # The common case: every record is good, one op parses them all. Records
+    # `streams.parse_example` refuses before parsing (tombstones, oversize
+    # messages) go the slow way, so that they are refused in any batch.
+    if all(isinstance(r.value, bytes) and
+           len(r.value) <= streams.MAX_EXAMPLE_BYTES for r in records):
+      try:
+        return tf.io.parse_example([r.value for r in records],
+                                   self.feature_spec)
+      except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+        pass   # (The op's error message may quote undecodable bytes.)
     good = []
     for record in records:
       try:

@@ -502,6 +502,12 @@ class EmbeddingPatch:
   @staticmethod
   def read_chunk(chunk: bytes):
     """Decodes one chunk: `(patch_id, index, count, total_len, crc, piece)`."""
+    if chunk is None:
+      raise PatchError("not a patch chunk: the message is a tombstone (no "
+                       "value)")
+    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+      raise PatchError("not a patch chunk: the message must be bytes, got "
+                       f"{type(chunk).__name__}")
     chunk = bytes(chunk)
     if len(chunk) < _CHUNK_PREFIX.size:
       raise PatchError(f"patch chunk too short: {len(chunk)} bytes")

@@ -53,8 +53,8 @@ __all__ = [
     "KafkaTransport", "open_transport", "kafka_client_config",
     "kafka_java_config", "BrokerConnectionError", "DeadLetterQueue",
     "dead_letter",
-    "MalformedMessage", "MAX_EVENT_BYTES", "MAX_ID_BYTES",
-    "Topics", "parse_impression", "parse_action", "parse_example",
+    "MalformedMessage", "MAX_EVENT_BYTES", "MAX_EXAMPLE_BYTES",
+    "MAX_ID_BYTES", "Topics", "parse_impression", "parse_action", "parse_example",
     "encode_event",
 ]
 
@@ -68,7 +68,7 @@ class Record:
   partition: int
   offset: int
   key: Optional[bytes]
-  value: bytes
+  value: Optional[bytes]   # None: a tombstone (Kafka's null value).
   timestamp_ms: int
 
 
@@ -1164,7 +1164,9 @@ def dead_letter(record: Record, reason: str) -> bytes:
       "key": None if record.key is None else base64.b64encode(
           record.key).decode("ascii"),
       "reason": reason,
-      "value": base64.b64encode(record.value).decode("ascii"),
+      # None: a tombstone (a message with no value).
+      "value": None if record.value is None else base64.b64encode(
+          record.value).decode("ascii"),
       "dead_at_ms": int(time.time() * 1000),
   }
   return json.dumps(letter).encode("utf-8")
@@ -1194,9 +1196,11 @@ class DeadLetterQueue:
 
   @staticmethod
   def decode(value: bytes) -> dict:
-    """A dead letter as a dict, with `value` and `key` back as bytes."""
+    """A dead letter as a dict, with `value` and `key` back as bytes
+    (`value` None: the dead message was a tombstone)."""
     letter = json.loads(value)
-    letter["value"] = base64.b64decode(letter["value"])
+    if letter["value"] is not None:
+      letter["value"] = base64.b64decode(letter["value"])
     if letter["key"] is not None:
       letter["key"] = base64.b64decode(letter["key"])
     return letter
@@ -1215,6 +1219,9 @@ class MalformedMessage(ValueError):
 
 # Event messages longer than this (bytes) are rejected before parsing.
 MAX_EVENT_BYTES = 65_536
+# Example messages longer than this (bytes) are rejected before parsing:
+# Kafka's default message limit.
+MAX_EXAMPLE_BYTES = 1 << 20
 # String ids (`request_id`, `user_id`, `item_id`, `action`) longer than
 # this (UTF-8 bytes) are rejected.
 MAX_ID_BYTES = 256
@@ -1245,6 +1252,8 @@ def _check_limit(name, value):
 
 def _message_text(value, what: str, max_bytes: int) -> str:
   """The text of a JSON message; rejects oversize and non-UTF-8 ones."""
+  if value is None:
+    raise MalformedMessage(f"no value: the {what} message is a tombstone")
   if isinstance(value, str):
     value = value.encode("utf-8", "surrogatepass")
   elif not isinstance(value, (bytes, bytearray, memoryview)):
@@ -1412,7 +1421,7 @@ def encode_event(event: Mapping) -> bytes:
 
 
 def parse_example(value: bytes, required: Sequence[str] = (),
-                  max_bytes: int = 1 << 20):
+                  max_bytes: int = MAX_EXAMPLE_BYTES):
   """An `examples` message: a serialized `tf.train.Example`.
 
   Args:
@@ -1431,6 +1440,8 @@ def parse_example(value: bytes, required: Sequence[str] = (),
   from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
   from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
   _check_limit("max_bytes", max_bytes)
+  if value is None:
+    raise MalformedMessage("no value: the example message is a tombstone")
   if not isinstance(value, (bytes, bytearray, memoryview)):
     raise MalformedMessage("not a tf.train.Example: the message must be "
                            f"bytes, got {type(value).__name__}")

@@ -73,6 +73,33 @@ def test_replica_from_patches_equals_trainer(tmp_path):
   assert online_model.assert_replica_equal(model.item, replicas["item"]) > 80
 
 
+def test_oversize_examples_and_tombstones_are_dead_lettered(tmp_path):
+  # Both are refused before parsing, in a batch of good examples too (one
+  # op parses such a batch; these must not slip through it).
+  transport = streams.FileTransport(str(tmp_path / "topics"))
+  transport.create_topics(["examples"])
+  values = online_model.examples(300)
+  big = tf.train.Example.FromString(values[0])
+  big.features.feature["padding"].bytes_list.value.append(
+      b"x" * streams.MAX_EXAMPLE_BYTES)
+  _produce(transport, values[:100] + [big.SerializeToString()] + values[100:])
+  with _trainer(transport, tmp_path / "ckpt") as trainer:
+    assert trainer.run(idle_timeout=1.0).examples == 300
+    # A tombstone can come only from Kafka (the file log stores bytes).
+    tombstone = streams.Record("examples", 0, 301, None, None, 0)
+    assert trainer.train_batch([tombstone] + [
+        streams.Record("examples", 0, 302 + i, None, v, 0)
+        for i, v in enumerate(values[:20])])
+    assert trainer.stats.examples == 320
+    assert trainer.metrics()["dead_letters"] == 2
+  with transport.consumer(["dead-letters"], "audit") as consumer:
+    letters = [streams.DeadLetterQueue.decode(r.value)
+               for r in consumer.poll(10, 1.0)]
+  assert [(l["offset"], l["reason"].split(":")[0]) for l in letters] == [
+      (100, "oversize example"), (301, "no value")]
+  assert letters[1]["value"] is None
+
+
 def test_restart_resumes_from_checkpoint(tmp_path):
   transport = streams.FileTransport(str(tmp_path / "topics"))
   transport.create_topics(["examples"])

@@ -36,14 +36,25 @@ def _read_all(transport, topic, group):
   return records
 
 
+def _produce_tombstone(bootstrap, topic):
+  """A message with no value, as any Kafka client (not ours) may write."""
+  import kafka  # pylint: disable=g-import-not-at-top
+  producer = kafka.KafkaProducer(bootstrap_servers=bootstrap)
+  try:
+    producer.send(topic, value=None, key=b"tombstone").get(timeout=60)
+  finally:
+    producer.close()
+
+
 def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
                                   tmp_path):
   transport = streams.open_transport(
       f"kafka://{kafka_broker.bootstrap_servers}")
   topics = _topics(kafka_topic_prefix)
   values = online_model.examples(1000, seed=11)
-  _produce(transport, topics.examples,
-           values[:500] + [b"\x08poison"] + values[500:])
+  _produce(transport, topics.examples, values[:500] + [b"\x08poison"])
+  _produce_tombstone(kafka_broker.bootstrap_servers, topics.examples)
+  _produce(transport, topics.examples, values[500:])
   with online.OnlineTrainer(
       online_model.make_model(), transport, str(tmp_path / "ckpt"),
       topics=topics, group_id=f"{kafka_topic_prefix}trainer",
@@ -51,13 +62,14 @@ def test_end_to_end_through_kafka(kafka_broker, kafka_topic_prefix,
     stats = trainer.run(max_examples=1000, idle_timeout=60.0)
     model = trainer.model
     assert stats.examples == 1000
-    assert trainer.position() == {f"{topics.examples}/0": 1001}
+    assert trainer.position() == {f"{topics.examples}/0": 1002}
     assert trainer.metrics()["lag_examples"] == 0
     _produce(transport, topics.examples, values[:7])
     assert trainer.metrics()["lag_examples"] == 7
   letters = [streams.DeadLetterQueue.decode(r.value) for r in
              _read_all(transport, topics.dead_letters, "audit")]
-  assert [(l["offset"], l["value"]) for l in letters] == [(500, b"\x08poison")]
+  assert [(l["offset"], l["key"], l["value"]) for l in letters] == [
+      (500, None, b"\x08poison"), (501, b"tombstone", None)]
   replicas = online_model.replica_tables()
   online_model.apply_patch_records(
       _read_all(transport, topics.patches, "replica"), replicas)
