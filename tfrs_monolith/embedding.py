@@ -145,12 +145,12 @@ def _is_remote(variable) -> bool:
 
 
 def _pad_to_power_of_two(*tensors):
-  """Pads 1-D tensors of one dynamic length n to the next power of two:
-  XLA compiles once per padded size, not once per batch size."""
+  """Pads 1-D tensors of one dynamic length n (at most 2**30) to the next
+  power of two: XLA compiles once per padded size, not once per batch size.
+  A few ops, as they run in every training step."""
   n = tf.size(tensors[0])
-  log2 = tf.math.log(tf.cast(tf.maximum(n, 1), tf.float64)) / math.log(2)
-  padded = tf.bitwise.left_shift(1, tf.cast(tf.math.ceil(log2 - 1e-9),
-                                            tf.int32))
+  powers = tf.constant([1 << i for i in range(31)], tf.int32)
+  padded = tf.gather(powers, tf.searchsorted(powers, tf.reshape(n, [1]))[0])
   return [tf.pad(t, [[0, padded - n]]) for t in tensors]
 
 
@@ -698,31 +698,39 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         tf.math.count_nonzero(rows < 0, dtype=tf.int64))
     return rows
 
-  def _probe_touch(self, keys, counts, wall):
+  def _probe_touch(self, keys, n, wall):
     """The steady-state table work of a training call, as one block.
 
-    Looks `keys` up and, if every key with a nonzero count has a row, marks
-    those rows seen (`table.lookup_touch`); counts the ids looked up.
-    Compiled with XLA when `jit_compile`.
+    Looks the first `n` of `keys` up (the rest is padding) and, if each has
+    a row, marks those rows seen (`table.lookup_touch`); counts the ids
+    looked up. Compiled with XLA when `jit_compile`.
+
+    Returns:
+      `(rows, present)`: int32 rows, the sink row where a key has none, and
+      whether every key had one (and was touched).
     """
+    counts = tf.cast(tf.range(tf.size(keys)) < n, tf.int64)
     rows, present = self._table.lookup_touch(keys, self._now(wall), counts)
-    self.training_ids.assign_add(tf.reduce_sum(counts))
-    return rows, present
+    self.training_ids.assign_add(tf.cast(n, tf.int64))
+    return self._or_sink(rows), present
+
+  def _or_sink(self, rows):
+    """`rows` with the sink row (`capacity + 1`) where a key has none."""
+    return tf.where(rows >= 0, rows, self.capacity + 1)
 
   def _admit_rows(self, keys):
-    """Rows of 1-D int64 `keys` after admission and insertion (-1: none)."""
-    counts = tf.ones_like(keys)
+    """Rows of 1-D int64 `keys` after admission and insertion; the sink row
+    where a key has none (not admitted, or no room)."""
+    n = tf.size(keys)
     wall = tf.cast(tf.timestamp(), tf.int64)
     if not self.jit_compile:
-      rows, present = self._probe_touch(keys, counts, wall)
+      rows, present = self._probe_touch(keys, n, wall)
     else:
-      # Padding has a zero count: it is neither touched nor counted.
-      rows, present = _padded_call(self._xla_probe_touch, (keys, counts),
-                                   wall)
+      rows, present = _padded_call(self._xla_probe_touch, (keys,), n, wall)
     # Steady state: every key had a row and is now marked seen. Otherwise
     # the keys go through admission and insertion.
     return _cond_as_call(present, lambda: tf.identity(rows),
-                         lambda: self._admit_locked(keys))
+                         lambda: self._or_sink(self._admit_locked(keys)))
 
   def _admit_locked(self, keys):
     """`_admit_all`, alone on the table when workers share it."""
@@ -753,15 +761,15 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       # Workers train concurrently: one may update the sink between
       # another's zeroing and reading it. Mask instead; the sink then gets
       # only zero gradients.
-      vectors = tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
-      return vectors * tf.cast(rows >= 0, vectors.dtype)[:, tf.newaxis]
+      vectors = tf.gather(self.embeddings, rows)
+      return vectors * tf.cast(rows != sink, vectors.dtype)[:, tf.newaxis]
     # Ids without a row read the sink row, zeroed first (automatic control
     # dependencies order the two ops on the variable). Its gradient lands
     # on the sink, which nothing else reads.
     self.embeddings.scatter_update(tf.IndexedSlices(
         tf.zeros([1, self.output_dim], self.embeddings.dtype),
         tf.constant([sink])))
-    return tf.gather(self.embeddings, tf.where(rows >= 0, rows, sink))
+    return tf.gather(self.embeddings, rows)
 
   def _read_index(self, keys, compiled=False):
     """The rows inference reads for 1-D int64 `keys`: the template row
