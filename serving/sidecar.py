@@ -346,7 +346,8 @@ class Sidecar:
     if now - self._last_commit >= 1.0:
       self._last_commit = now
       try:
-        self._consumer.commit(offsets)
+        self._consumer.commit(offsets,
+                              timeout=streams.KAFKA_BEST_EFFORT_SECONDS)
       except Exception as error:  # pylint: disable=broad-except
         logging.warning("could not commit the sidecar position: %s", error)
 
@@ -737,7 +738,8 @@ class Sidecar:
 
   def _measure_lag(self):
     try:
-      ends = self._consumer.end_offsets()
+      ends = self._consumer.end_offsets(
+          timeout=streams.KAFKA_BEST_EFFORT_SECONDS)
     except Exception:  # pylint: disable=broad-except
       return
     position = self._safe_offsets()

@@ -529,7 +529,8 @@ class OnlineTrainer:
                                              if ids else float("nan"))
     self._last_admission = counts
     try:
-      ends = self._consumer.end_offsets()
+      ends = self._consumer.end_offsets(
+          timeout=streams.KAFKA_BEST_EFFORT_SECONDS)
       position = self._consumer.position()
       out["lag_examples"] = sum(max(0, end - position.get(tp, 0))
                                 for tp, end in ends.items())

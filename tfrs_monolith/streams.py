@@ -129,17 +129,26 @@ class Consumer(_Closable):
     """The next offset to read, per (topic, partition) read so far."""
 
   @abc.abstractmethod
-  def commit(self, offsets: Mapping[TopicPartition, int]):
-    """Records the next offsets to read for this consumer's group."""
+  def commit(self, offsets: Mapping[TopicPartition, int],
+             timeout: Optional[float] = None):
+    """Records the next offsets to read for this consumer's group.
+
+    `timeout`: the most seconds to wait out a broker that is away before
+    raising; None: `KAFKA_OUTAGE_SECONDS`. A best-effort commit (the caller
+    keeps its own position) passes a few seconds.
+    """
 
   @abc.abstractmethod
   def committed(self) -> Dict[TopicPartition, int]:
     """The group's committed next offsets (missing: never committed)."""
 
   @abc.abstractmethod
-  def end_offsets(self) -> Dict[TopicPartition, int]:
+  def end_offsets(self,
+                  timeout: Optional[float] = None
+                  ) -> Dict[TopicPartition, int]:
     """The offset after the last message of each (topic, partition) read;
-    with `position()`, the consumer's lag. Cheap enough to ask often."""
+    with `position()`, the consumer's lag. Cheap enough to ask often.
+    `timeout` as for `commit` (lag metrics pass a few seconds)."""
 
   @abc.abstractmethod
   def close(self):
@@ -431,7 +440,8 @@ class _FileConsumer(Consumer):
   def position(self):
     return {tp: reader.offset for tp, reader in self._readers.items()}
 
-  def commit(self, offsets):
+  def commit(self, offsets, timeout=None):
+    del timeout  # A file never goes away.
     committed = {f"{t}:{p}": o for (t, p), o in self.committed().items()}
     committed.update({f"{t}:{p}": int(o) for (t, p), o in offsets.items()})
     write_json_atomic(self._group_path, committed)
@@ -447,7 +457,8 @@ class _FileConsumer(Consumer):
       out[(topic, int(partition))] = int(offset)
     return out
 
-  def end_offsets(self):
+  def end_offsets(self, timeout=None):
+    del timeout
     for reader in self._ends.values():
       reader.skip(math.inf)
     return {tp: reader.offset for tp, reader in self._ends.items()}
@@ -1059,18 +1070,22 @@ class _KafkaProducer(Producer):
 # How long a consumer call waits out a broker that is away (a restart, a
 # leader election) before the error reaches the caller.
 KAFKA_OUTAGE_SECONDS = 300.0
+# How long a best-effort call waits: lag metrics, and commits of a position
+# its caller also keeps elsewhere (a checkpoint, a state file).
+KAFKA_BEST_EFFORT_SECONDS = 2.0
 
 
-def _outlasting(what, call, *args):
-  """`call(*args)`, retried with backoff while Kafka raises retriable
-  errors (broker unreachable, timeouts, no leader or coordinator), for up
-  to `KAFKA_OUTAGE_SECONDS`."""
+def _outlasting(what, call, *args, seconds=None, **kwargs):
+  """`call(*args, **kwargs)`, retried with backoff while Kafka raises
+  retriable errors (broker unreachable, timeouts, no leader or
+  coordinator), for up to `seconds` (None: `KAFKA_OUTAGE_SECONDS`)."""
   from kafka import errors  # pylint: disable=g-import-not-at-top
-  deadline = time.monotonic() + KAFKA_OUTAGE_SECONDS
+  deadline = time.monotonic() + (KAFKA_OUTAGE_SECONDS if seconds is None
+                                 else seconds)
   delay = 0.2
   while True:
     try:
-      return call(*args)
+      return call(*args, **kwargs)
     except errors.KafkaError as error:
       if not getattr(error, "retriable", False) or (
           time.monotonic() + delay > deadline):
@@ -1080,6 +1095,11 @@ def _outlasting(what, call, *args):
           type(error).__name__, error, delay)
       time.sleep(delay)
       delay = min(2 * delay, 5.0)
+
+
+def _call_timeout(seconds):
+  """kafka-python's own bound on one call, for a caller's `timeout`."""
+  return {} if seconds is None else {"timeout_ms": max(1, int(seconds * 1000))}
 
 
 class _KafkaConsumer(Consumer):
@@ -1125,12 +1145,12 @@ class _KafkaConsumer(Consumer):
         "reading the consumer position", self._consumer.position, tp))
             for tp in self._partitions}
 
-  def commit(self, offsets):
+  def commit(self, offsets, timeout=None):
     from kafka.structs import OffsetAndMetadata  # pylint: disable=g-import-not-at-top
     _outlasting("committing offsets", self._consumer.commit, {
         self._kafka.TopicPartition(t, p): OffsetAndMetadata(int(o), "", -1)
         for (t, p), o in offsets.items()
-    })
+    }, seconds=timeout, **_call_timeout(timeout))
 
   def committed(self):
     out = {}
@@ -1141,9 +1161,10 @@ class _KafkaConsumer(Consumer):
         out[(tp.topic, tp.partition)] = int(offset)
     return out
 
-  def end_offsets(self):
+  def end_offsets(self, timeout=None):
     ends = _outlasting("reading end offsets", self._consumer.end_offsets,
-                       self._partitions)
+                       self._partitions, seconds=timeout,
+                       **_call_timeout(timeout))
     return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
 
   def close(self):

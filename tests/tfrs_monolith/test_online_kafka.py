@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import kafka
+import pytest
 import tensorflow as tf
 
 import online_model
@@ -38,7 +40,6 @@ def _read_all(transport, topic, group):
 
 def _produce_tombstone(bootstrap, topic):
   """A message with no value, as any Kafka client (not ours) may write."""
-  import kafka  # pylint: disable=g-import-not-at-top
   producer = kafka.KafkaProducer(bootstrap_servers=bootstrap)
   try:
     producer.send(topic, value=None, key=b"tombstone").get(timeout=60)
@@ -167,7 +168,19 @@ def test_broker_restart_during_consumption(kafka_broker_factory, tmp_path):
       topics=topics, batch_size=100, sparse_interval=0.5,
       poll_timeout=0.2) as trainer:
     trainer.run(max_examples=400)
-    broker.restart()
+    observer = transport.consumer([topics.examples], "restart-observer")
+    broker.stop()
+    # With the broker away, the best-effort calls (lag metrics, a commit of
+    # a position kept elsewhere too) give up within seconds instead of
+    # waiting out the outage (KAFKA_OUTAGE_SECONDS: 300 s).
+    start = time.monotonic()
+    assert "lag_examples" not in trainer.metrics()
+    with pytest.raises(kafka.errors.KafkaError):
+      observer.commit({(topics.examples, 0): 1},
+                      timeout=streams.KAFKA_BEST_EFFORT_SECONDS)
+    assert time.monotonic() - start < 60
+    observer.close()
+    broker.start()
     _produce(transport, topics.examples, values[600:])
     # Until all are trained (the consumer may take a few seconds to find the
     # broker again); the idle timeout only guards against a hang.

@@ -153,6 +153,11 @@ def test_consumer_calls_outlast_a_broker_outage(monkeypatch):
 
   with pytest.raises(errors.CommitFailedError):
     streams._outlasting("committing", refused, 1)
+  # A best-effort call's own budget overrides the outage budget.
+  calls.clear()
+  with pytest.raises(errors.KafkaConnectionError):
+    streams._outlasting("reading", flaky, 1, seconds=0.0)
+  assert len(calls) == 1
   monkeypatch.setattr(streams, "KAFKA_OUTAGE_SECONDS", 0.0)
   calls.clear()
   with pytest.raises(errors.KafkaConnectionError):
