@@ -399,9 +399,11 @@ class CuckooHashTable(tf.Module):
     b1, b2 = self._buckets(keys)
     flat = tf.reshape(self.buckets, [-1])
     s = self._slots
-    at = tf.fill(tf.shape(keys), tf.constant(-1, tf.int64))
+    # int32 offsets where the index allows (a few % faster under XLA).
+    offset = tf.int32 if self._num_buckets * 2 * s < 2**31 else tf.int64
+    at = tf.fill(tf.shape(keys), tf.constant(-1, offset))
     for bucket in (b1, b2):
-      base = bucket * (2 * s)
+      base = tf.cast(bucket, offset) * (2 * s)
       for j in range(s):
         at = tf.where(tf.equal(tf.gather(flat, base + j), keys),
                       base + s + j, at)
