@@ -730,7 +730,24 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     # Steady state: every key had a row and is now marked seen. Otherwise
     # the keys go through admission and insertion.
     return _cond_as_call(present, lambda: tf.identity(rows),
-                         lambda: self._or_sink(self._admit_locked(keys)))
+                         lambda: self._admit_slow(keys))
+
+  def _admit_slow(self, keys):
+    """Admits and inserts `keys`; their rows, the sink where a key has none.
+
+    Ids without a row read the sink row, zeroed here first. Its gradient
+    lands on the sink, which nothing else reads; a step whose ids all have
+    rows (the steady state) reads no sink and leaves it as it is. Workers
+    of a strategy train concurrently (one may update the sink between
+    another's zeroing and reading it): `_learn` masks the sink instead.
+    """
+    rows = self._or_sink(self._admit_locked(keys))
+    if tf.distribute.has_strategy():
+      return rows
+    with tf.control_dependencies([self.embeddings.scatter_update(
+        tf.IndexedSlices(tf.zeros([1, self.output_dim], self.embeddings.dtype),
+                         tf.constant([self.capacity + 1])))]):
+      return tf.identity(rows)
 
   def _admit_locked(self, keys):
     """`_admit_all`, alone on the table when workers share it."""
@@ -758,17 +775,11 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       rows = self._admit_rows(keys)
     sink = self.capacity + 1
     if tf.distribute.has_strategy():
-      # Workers train concurrently: one may update the sink between
-      # another's zeroing and reading it. Mask instead; the sink then gets
-      # only zero gradients.
+      # Mask the sink's vectors: it then gets only zero gradients.
       vectors = tf.gather(self.embeddings, rows)
       return vectors * tf.cast(rows != sink, vectors.dtype)[:, tf.newaxis]
-    # Ids without a row read the sink row, zeroed first (automatic control
-    # dependencies order the two ops on the variable). Its gradient lands
-    # on the sink, which nothing else reads.
-    self.embeddings.scatter_update(tf.IndexedSlices(
-        tf.zeros([1, self.output_dim], self.embeddings.dtype),
-        tf.constant([sink])))
+    # The sink, if read, was zeroed by `_admit_slow` (automatic control
+    # dependencies order the ops on the variable).
     return tf.gather(self.embeddings, rows)
 
   def _read_index(self, keys, compiled=False):
