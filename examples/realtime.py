@@ -329,6 +329,11 @@ class Loop:
         records = reader.poll(10_000, 1.0)
         if not records:
           break
+        for r in records:      # Only the joiner writes here; say if not.
+          if not isinstance(r.value, bytes):
+            raise streams.MalformedMessage(
+                f"{r.topic} offset {r.offset}: not a joined example "
+                f"(value {r.value!r})")
         parsed = tf.io.parse_example([r.value for r in records], spec)
         for request, item, label in zip(parsed["request_id"].numpy(),
                                          parsed["item_id"].numpy(),
