@@ -26,8 +26,11 @@ reads) and after (what the batch's admissions and evictions left).
 Variants:
 
 * `once_seen`: each flood id occurs once; the admission sketch has the
-  layer's default width (`max(4096, capacity)`).
-* `once_seen_wide`: the same with `--wide_width` counters per row.
+  layer's default width (`max(4096, capacity)`) and window (its counts
+  halve after as many occurrences of ids without a row).
+* `once_seen_no_aging`: the same with counts that never age
+  (`admission_window=0`).
+* `once_seen_wide`: the same with `--wide_width` counters per row, no aging.
 * `repeated`: each flood id occurs `--repeat` times in its batch, so it
   passes admission and the table fills: least-recently-seen eviction.
 * `oversized`: as `repeated`, with more new ids per batch than the rows
@@ -59,7 +62,8 @@ import numpy as np
 import tfrs_monolith as tm
 import tensorflow as tf
 
-VARIANTS = ("once_seen", "once_seen_wide", "repeated", "oversized")
+VARIANTS = ("once_seen", "once_seen_no_aging", "once_seen_wide", "repeated",
+            "oversized")
 
 
 def parse_args():
@@ -113,7 +117,9 @@ def run(args, name):
   shuffle_rng = np.random.default_rng(args.seed + 3)
   layer = tm.CollisionlessEmbedding(
       args.dim, capacity=capacity, min_count=2,
-      admission_width=args.wide_width if name == "once_seen_wide" else None)
+      admission_width=args.wide_width if name == "once_seen_wide" else None,
+      admission_window=(0 if name in ("once_seen_no_aging", "once_seen_wide")
+                        else None))
   slot_count = np.zeros(capacity, np.int64)
   np.add.at(slot_count, frequent % capacity, 1)
   frequent_slots = frequent % capacity
@@ -166,6 +172,7 @@ def run(args, name):
   return {
       "flood_id_repeats": repeat,
       "admission_width": layer.admission_width or max(4096, capacity),
+      "admission_window": layer.sketch.window,
       "flood_lookups_per_batch": flood_lookups,
       "new_flood_ids_per_batch": fresh_per_batch,
       "flood_ids_total": fresh_per_batch * args.flood_batches,

@@ -206,12 +206,12 @@ def hash_bins(ids: np.ndarray, num_bins: int) -> np.ndarray:
 
 
 def collisionless(name, capacity, min_count=1, ttl_seconds=None, seed=0,
-                  admission_width=None):
+                  admission_width=None, admission_window=None):
   """A `tm.CollisionlessEmbedding` table as the click model uses it."""
   return tm.CollisionlessEmbedding(
       EMBEDDING_DIM, capacity=capacity, min_count=min_count,
       ttl_seconds=ttl_seconds, seed=seed, admission_width=admission_width,
-      name=name)
+      admission_window=admission_window, name=name)
 
 
 def table_bytes(layer: tf.keras.layers.Layer) -> int:

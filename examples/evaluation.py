@@ -172,10 +172,11 @@ def compare_hashing(stream: clicks.ClickStream,
                                       capacity[name])
       min_count[name] = 1 if threshold == 1 else epochs * threshold
     # The admission sketch is memory too: size it for the ids there are
-    # (two counters per id and hash function), not the default 4,096.
+    # (two counters per id and hash function), not the default 4,096. Its
+    # counts never age (`admission_window=0`): they add up over the epochs.
     tables = {name: clicks.collisionless(
         name, capacity[name], min_count=min_count[name], seed=seed + i,
-        admission_width=2 * distinct[name])
+        admission_width=2 * distinct[name], admission_window=0)
               for i, name in enumerate(("user", "item"))}
     budget = {name: clicks.table_bytes(t) for name, t in tables.items()}
     bins = {name: budget[name] // (4 * clicks.EMBEDDING_DIM)

@@ -39,6 +39,12 @@ class CountMinSketch(tf.Module):
   occurrences without giving never-admitted keys a row: the sketch costs
   `4 * depth * width` bytes whatever the number of distinct keys.
 
+  On an endless stream every counter keeps growing, and so does the error,
+  until every key passes any threshold. With a `window`, the sketch ages
+  (as TinyLFU does): once it has counted `window` occurrences, all counters
+  halve, so estimates follow recent occurrences and the error stays bounded
+  (about `e * window / width`) instead of growing with the stream.
+
   Example:
 
   ```python
@@ -50,10 +56,14 @@ class CountMinSketch(tf.Module):
   Args:
     width: Counters per row.
     depth: Rows, i.e. independent hash functions (1 to 8).
+    window: Occurrences after which all counters halve (as often as needed
+      to bring the count since the last halving below `window`). None: the
+      counts never age.
     name: Module name.
   """
 
-  def __init__(self, width: int, depth: int = 4, name: Optional[str] = None):
+  def __init__(self, width: int, depth: int = 4,
+               window: Optional[int] = None, name: Optional[str] = None):
     super().__init__(name=name)
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
       raise ValueError(
@@ -62,12 +72,23 @@ class CountMinSketch(tf.Module):
         not 1 <= depth <= len(_SEEDS)):
       raise ValueError(f"`depth` must be an integer in [1, {len(_SEEDS)}]. "
                        f"Received: depth={depth!r}")
+    if window is not None and (isinstance(window, bool) or
+                               not isinstance(window, int) or window < 1):
+      raise ValueError("`window` must be a positive integer or None. "
+                       f"Received: window={window!r}")
     self._width = width
     self._depth = depth
+    self._window = window
     with tf.init_scope():
       self.counters = tf.Variable(
           tf.zeros([depth * width], tf.int32), trainable=False,
           name="counters")
+      # Occurrences counted since the counters last halved (scaled with
+      # them), and how many halvings the window caused so far.
+      self.occurrences = tf.Variable(
+          tf.constant(0, tf.int64), trainable=False, name="occurrences")
+      self.halvings = tf.Variable(
+          tf.constant(0, tf.int64), trainable=False, name="halvings")
 
   @property
   def width(self) -> int:
@@ -76,6 +97,10 @@ class CountMinSketch(tf.Module):
   @property
   def depth(self) -> int:
     return self._depth
+
+  @property
+  def window(self) -> Optional[int]:
+    return self._window
 
   def _cells(self, keys):
     """Flat counter index of each key in each row: [n, depth] int64."""
@@ -109,12 +134,37 @@ class CountMinSketch(tf.Module):
     current = tf.reduce_min(tf.gather(self.counters, cells), axis=1)
     # Conservative update: raise each counter only up to the new estimate.
     updated = current + counts
-    self.counters.scatter_max(tf.IndexedSlices(
+    update = self.counters.scatter_max(tf.IndexedSlices(
         tf.reshape(tf.tile(updated[:, None], [1, self._depth]), [-1]),
         tf.reshape(cells, [-1])))
+    occurrences = self.occurrences.assign_add(
+        tf.reduce_sum(tf.cast(counts, tf.int64)))
+    if self._window is not None:
+      with tf.control_dependencies([update]):
+        self._age(occurrences)
     return updated
+
+  def _age(self, occurrences):
+    """Halves the counters as often as it takes to bring `occurrences`
+    below the window; returns the number of halvings (int64 scalar)."""
+    window = tf.constant(self._window, tf.int64)
+    # The least k with occurrences >> k < window.
+    k = tf.reduce_sum(tf.cast(
+        tf.bitwise.right_shift(occurrences, tf.range(63, dtype=tf.int64)) >=
+        window, tf.int64))
+
+    def halve():
+      self.counters.assign(tf.bitwise.right_shift(
+          self.counters, tf.cast(tf.minimum(k, 31), tf.int32)))
+      self.occurrences.assign(tf.bitwise.right_shift(occurrences, k))
+      self.halvings.assign_add(k)
+      return k
+
+    return tf.cond(k > 0, halve, lambda: k)
 
   def decay(self, factor: float = 0.5):
     """Multiplies all counters by `factor` (floored), forgetting old counts."""
     self.counters.assign(tf.cast(
         tf.floor(tf.cast(self.counters, tf.float32) * factor), tf.int32))
+    self.occurrences.assign(tf.cast(
+        tf.floor(tf.cast(self.occurrences, tf.float64) * factor), tf.int64))

@@ -294,6 +294,12 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     admission_width: Counters per row of the admission sketch; defaults to
       `max(4096, capacity)`. Unused when `min_count == 1`.
     admission_depth: Rows (hash functions) of the admission sketch.
+    admission_window: Occurrences of ids without a row after which the
+      admission sketch halves its counts (`tm.CountMinSketch`'s `window`),
+      so that an id must reach `min_count` within about that much recent
+      traffic and a long stream of rare ids does not saturate the sketch
+      and pass admission. Defaults to the sketch's width; 0 keeps counts
+      forever (e.g. to add counts up over epochs of a fixed dataset).
     seed: Seed of the per-id initial values.
     jit_compile: Probe the table in an XLA-compiled function (`jit_compile`),
       which is faster on CPU and GPU. Graphs traced for serving
@@ -319,6 +325,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
                slots_per_bucket: int = 4,
                admission_width: Optional[int] = None,
                admission_depth: int = 4,
+               admission_window: Optional[int] = None,
                seed: int = 0,
                jit_compile: bool = True,
                num_shards: Optional[int] = None,
@@ -347,6 +354,9 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
       admission_width = _check_int("admission_width", admission_width, 1)
     self.admission_width = admission_width
     self.admission_depth = _check_int("admission_depth", admission_depth, 1)
+    if admission_window is not None:
+      admission_window = _check_int("admission_window", admission_window, 0)
+    self.admission_window = admission_window
     self.seed = _check_int("seed", seed, 0)
     if not isinstance(jit_compile, bool):
       raise TypeError("`jit_compile` must be a bool. Received: "
@@ -414,9 +424,11 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         self.capacity, slots_per_bucket=self.slots_per_bucket,
         full_policy=self.full_policy, name="table")
     if self.min_count > 1:
+      width = self.admission_width or max(4096, self.capacity)
+      window = (width if self.admission_window is None else
+                self.admission_window or None)
       self._sketch = admission.CountMinSketch(
-          self.admission_width or max(4096, self.capacity),
-          depth=self.admission_depth, name="admission")
+          width, depth=self.admission_depth, window=window, name="admission")
     self._build_clock()
     # Ids looked up in training, and how many of them had no row (not yet
     # admitted, or no room): 1 - misses / ids is the admission rate.
@@ -447,14 +459,18 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     """
     n = self.num_shards
     config = self.get_config()
-    for key in ("name", "capacity", "admission_width", "num_shards",
-                "trainable", "dtype"):
+    for key in ("name", "capacity", "admission_width", "admission_window",
+                "num_shards", "trainable", "dtype"):
       config.pop(key, None)
     self._shards = [
         CollisionlessEmbedding(
             capacity=-(-self.capacity // n),
             admission_width=(None if self.admission_width is None else
                              max(1, -(-self.admission_width // n))),
+            # Each shard counts the traffic of its own ids.
+            admission_window=(self.admission_window
+                              if not self.admission_window else
+                              max(1, -(-self.admission_window // n))),
             num_shards=1, name=f"{self.name}_shard_{i}", dtype=self.dtype,
             trainable=self.trainable, **config)
         for i in range(n)
@@ -1022,6 +1038,7 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
         "slots_per_bucket": self.slots_per_bucket,
         "admission_width": self.admission_width,
         "admission_depth": self.admission_depth,
+        "admission_window": self.admission_window,
         "seed": self.seed,
         "jit_compile": self.jit_compile,
         "num_shards": self.num_shards,

@@ -373,10 +373,32 @@ class TestValidation:
        "full_policy='drop'"),
       ({"output_dim": 4, "capacity": 8, "embeddings_initializer": "orthogonal"},
        "embeddings_initializer='orthogonal'"),
+      ({"output_dim": 4, "capacity": 8, "admission_window": -1},
+       "admission_window=-1"),
+      ({"output_dim": 4, "capacity": 8, "admission_window": 1.5},
+       "admission_window=1.5"),
   ])
   def test_invalid_arguments(self, kwargs, message):
     with pytest.raises(ValueError, match=message):
       tm.CollisionlessEmbedding(**kwargs)
+
+  def test_admission_window(self):
+    # Defaults to the sketch's width; 0 turns aging off; shards split it.
+    layer = tm.CollisionlessEmbedding(4, capacity=8, min_count=2)
+    assert layer.sketch.window == layer.sketch.width == 4096
+    forever = tm.CollisionlessEmbedding(4, capacity=8, min_count=2,
+                                        admission_window=0)
+    assert forever.sketch.window is None
+    sharded = tm.CollisionlessEmbedding(4, capacity=300, min_count=2,
+                                        num_shards=3, admission_window=1000)
+    assert [s.sketch.window for s in sharded.shards] == [334] * 3
+    # The aging shows in training: 8,192 ids seen once, in batches of
+    # 1,024, halve the counts of a 4,096-wide sketch three times: at 4,096
+    # counted (-> 2,048), then every 2,048 more.
+    for b in range(8):
+      layer(tf.range(b * 1024, (b + 1) * 1024, dtype=tf.int64) + (1 << 40),
+            training=True)
+    assert int(layer.sketch.halvings) == 3
 
   def test_invalid_ids(self):
     layer = tm.CollisionlessEmbedding(4, capacity=8)
@@ -403,13 +425,15 @@ class TestSerialization:
     layer = tm.CollisionlessEmbedding(
         8, capacity=100, min_count=2, ttl_seconds=3600,
         embeddings_initializer="truncated_normal", full_policy="error",
-        slots_per_bucket=4, admission_width=512, seed=7, name="user")
+        slots_per_bucket=4, admission_width=512, admission_window=2048,
+        seed=7, name="user")
     serialized = tf.keras.layers.serialize(layer)
     assert serialized["registered_name"] == (
         "tfrs_monolith>CollisionlessEmbedding")
     new_layer = tf.keras.layers.deserialize(serialized)
     assert layer.get_config() == new_layer.get_config()
     assert new_layer.get_config()["ttl_seconds"] == 3600
+    assert new_layer.get_config()["admission_window"] == 2048
 
   def test_save_model(self, tmp_path):
     inputs = tf.keras.Input(shape=(2,), dtype=tf.int64)
