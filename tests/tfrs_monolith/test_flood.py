@@ -12,7 +12,6 @@ with example timestamps: least-recently-seen eviction goes by that time.
 """
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import tfrs_monolith as tm
