@@ -171,7 +171,7 @@ def run(args, name):
   during = rows[args.warm_batches:]
   return {
       "flood_id_repeats": repeat,
-      "admission_width": layer.admission_width or max(4096, capacity),
+      "admission_width": layer.sketch.width,
       "admission_window": layer.sketch.window,
       "flood_lookups_per_batch": flood_lookups,
       "new_flood_ids_per_batch": fresh_per_batch,
