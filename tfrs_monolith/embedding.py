@@ -549,6 +549,21 @@ class CollisionlessEmbedding(tf.keras.layers.Layer):
     return (int(self.training_ids.numpy()),
             int(self.training_misses.numpy()))
 
+  def admission_halvings(self) -> int:
+    """How many times the admission counts have halved so far (once per
+    `admission_window` sightings of ids without a row), summed over the
+    shards; 0 without a sketch (`min_count == 1`) or when counts never age.
+
+    Halvings that come about as often as ids reach `min_count` mean the
+    window is too short for the traffic: a larger one gives rare ids longer.
+    """
+    self.build(None)
+    if self._shards:
+      return sum(shard.admission_halvings() for shard in self._shards)
+    if self._sketch is None:
+      return 0
+    return int(self._sketch.halvings.numpy())
+
   def live_keys(self) -> tf.Tensor:
     """The keys that have a row (int64, in no particular order)."""
     self.build(None)

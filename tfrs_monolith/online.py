@@ -507,7 +507,9 @@ class OnlineTrainer:
     """Current figures: examples, loss, tables, admission, patches, lag.
 
     `<table>/admission_rate` is the share of ids looked up in training
-    since the previous call that had a row.
+    since the previous call that had a row; `<table>/admission_halvings`
+    (tables with `min_count > 1`) how often its admission counts have
+    halved since the start (`admission_window`).
     """
     self.stats.dead_letters = self._dead.total
     counts = self._admission_counts()
@@ -527,6 +529,8 @@ class OnlineTrainer:
       misses = counts[table.name][1] - self._last_admission[table.name][1]
       out[f"{table.name}/admission_rate"] = (1.0 - misses / ids
                                              if ids else float("nan"))
+      if table.min_count > 1:
+        out[f"{table.name}/admission_halvings"] = table.admission_halvings()
     self._last_admission = counts
     try:
       ends = self._consumer.end_offsets(

@@ -398,7 +398,16 @@ class TestValidation:
     for b in range(8):
       layer(tf.range(b * 1024, (b + 1) * 1024, dtype=tf.int64) + (1 << 40),
             training=True)
-    assert int(layer.sketch.halvings) == 3
+    assert int(layer.sketch.halvings) == layer.admission_halvings() == 3
+    forever(tf.range(8192, dtype=tf.int64), training=True)
+    assert forever.admission_halvings() == 0
+    # A sharded layer sums its shards' halvings: 3,000 ids without a row
+    # reach each shard's window of 334 about twice.
+    sharded(tf.range(3000, dtype=tf.int64) + (1 << 40), training=True)
+    halvings = [int(s.sketch.halvings) for s in sharded.shards]
+    assert min(halvings) >= 1
+    assert sharded.admission_halvings() == sum(halvings)
+    assert tm.CollisionlessEmbedding(4, capacity=8).admission_halvings() == 0
 
   def test_invalid_ids(self):
     layer = tm.CollisionlessEmbedding(4, capacity=8)

@@ -229,6 +229,10 @@ def test_metrics_and_tensorboard_summaries(tmp_path):
     assert trainer.metrics()["lag_examples"] == 3
   assert figures["examples"] == 200 and figures["item/size"] == 100
   assert np.isnan(figures["item/admission_rate"])
+  # 100 ids without a row never fill the item sketch's window (4,096);
+  # the user table (min_count=1) has no sketch.
+  assert figures["item/admission_halvings"] == 0
+  assert "user/admission_halvings" not in figures
   model = trainer.model
   assert model.item.training_ids.numpy() == 200
   assert model.item.training_misses.numpy() == 100
