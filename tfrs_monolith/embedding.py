@@ -121,6 +121,8 @@ def _num_parameter_servers() -> int:
   if not isinstance(strategy,
                     tf.distribute.experimental.ParameterServerStrategy):
     return 0
+  # Private: the public `strategy.cluster_resolver` is None for this
+  # strategy (TF 2.21), so the PS count is read where the strategy keeps it.
   return int(strategy.extended._num_ps)  # pylint: disable=protected-access
 
 

@@ -14,7 +14,6 @@ import tensorflow as tf
 
 import online_model
 import saved_model_checks
-import tfrs_monolith as tm
 from tfrs_monolith import cli
 from tfrs_monolith import export
 from tfrs_monolith import online

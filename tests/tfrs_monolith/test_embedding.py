@@ -141,7 +141,7 @@ class TestJitCompile:
   def test_same_training_with_and_without_xla(self):
     rng = np.random.default_rng(3)
     batches = [rng.integers(0, 50, size) for size in (16, 16, 7, 33, 16)]
-    layers, optimizers = [], []
+    layers = []
     for jit_compile in (True, False):
       layer = tm.CollisionlessEmbedding(4, capacity=32, jit_compile=jit_compile)
       optimizer = tf.keras.optimizers.Adagrad(0.3)

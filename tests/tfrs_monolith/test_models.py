@@ -1,7 +1,6 @@
 """TFRS models with `CollisionlessEmbedding`: training, saving, exported ops."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
