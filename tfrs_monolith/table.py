@@ -472,6 +472,12 @@ class CuckooHashTable(tf.Module):
     some may be keys displaced from the table, not the ones passed in.
     With `kick` false, keys only take free slots and nothing is displaced.
 
+    Each round reads both buckets of every pending key once, then gathers
+    the one bucket each key targets, instead of selecting and masking
+    copies of whole bucket pairs: copying bucket contents is what an insert
+    into 8-slot buckets spends its time on. Keys carry their two buckets
+    from round to round instead of hashing again.
+
     A `tf.function`, so that an insert graph holds one copy of the loop
     however often it places keys.
     """
@@ -481,67 +487,50 @@ class CuckooHashTable(tf.Module):
     may_kick = kick
     max_rounds = tf.where(kick, self._max_rounds, 4 * s)
 
-    def body(rnd, keys, rows, avoid):
-      b1, b2 = self._buckets(keys)
-      pair = tf.gather(self.buckets, tf.stack([b1, b2], axis=1))  # [n, 2, 2s]
-      free_pair = s - tf.reduce_sum(tf.cast(pair[:, :, s:] >= 0, tf.int32),
-                                    axis=2)
-      use1 = free_pair[:, 0] >= free_pair[:, 1]
-      stuck = tf.reduce_all(free_pair == 0, axis=1)
-      movable = tf.logical_not(stuck)
+    def body(rnd, keys, rows, avoid, b1, b2):
+      n = tf.size(keys)
+      order = tf.range(n)
+      # [2n, 2s]: key i's first bucket at 2i, its second at 2i + 1.
+      pair = tf.gather(self.buckets, tf.reshape(tf.stack([b1, b2], 1), [-1]))
+      free = tf.reshape(
+          s - tf.reduce_sum(tf.cast(pair[:, s:] >= 0, tf.int32), axis=1),
+          [-1, 2])
+      stuck = tf.logical_and(free[:, 0] <= 0, free[:, 1] <= 0)
 
-      # A key with room goes to the emptier of its buckets.
-      bucket = tf.boolean_mask(tf.where(use1, b1, b2), movable)
-      contents = tf.boolean_mask(
-          tf.where(use1[:, None], pair[:, 0], pair[:, 1]), movable)
-      movable_keys = tf.boolean_mask(keys, movable)
-      movable_rows = tf.boolean_mask(rows, movable)
-      movable_avoid = tf.boolean_mask(avoid, movable)
-
-      # A key whose two buckets are both full kicks a victim out: a key that
-      # was itself just displaced goes to its other bucket (a random walk,
-      # never straight back); a new key picks one of its two at random.
-      stuck_keys = tf.boolean_mask(keys, stuck)
-      stuck_rows = tf.boolean_mask(rows, stuck)
-      stuck_avoid = tf.boolean_mask(avoid, stuck)
-      sb1 = tf.boolean_mask(b1, stuck)
-      sb2 = tf.boolean_mask(b2, stuck)
+      # A key with room goes to the emptier of its buckets. A key whose two
+      # buckets are both full kicks a victim out: a key that was itself
+      # just displaced goes to its other bucket (a random walk, never
+      # straight back); a new key picks one of its two at random.
       coin = tf.bitwise.bitwise_and(
-          hashing.mix64(stuck_keys + tf.cast(rnd, tf.int64), 77), 1) == 0
-      kick_first = tf.where(stuck_avoid == sb1, False,
-                            tf.where(stuck_avoid == sb2, True, coin))
-      kick_bucket = tf.where(kick_first, sb1, sb2)
-      kick_contents = tf.where(kick_first[:, None],
-                               tf.boolean_mask(pair[:, 0], stuck),
-                               tf.boolean_mask(pair[:, 1], stuck))
+          hashing.mix64(keys + tf.cast(rnd, tf.int64), 77), 1) == 0
+      kick_first = tf.where(avoid == b1, False,
+                            tf.where(avoid == b2, True, coin))
+      first = tf.where(stuck, kick_first, free[:, 0] >= free[:, 1])
+      bucket = tf.where(first, b1, b2)
+      contents = tf.gather(pair, 2 * order + tf.cast(
+          tf.logical_not(first), tf.int32))                       # [n, 2s]
 
       # One key per bucket per round enters or kicks, so that each changed
       # bucket is rewritten once: each claims its bucket in a scratch
       # array, and the claim that stays wins. Buckets with room and full
       # buckets are distinct, so fills and kicks claim apart.
-      claimed = tf.concat([bucket, kick_bucket], 0)
-      claims = tf.range(tf.size(claimed))
-      self.claims.scatter_update(tf.IndexedSlices(claims, claimed))
-      won = tf.equal(tf.gather(self.claims, claimed), claims)
-      fill, kick = tf.split(won, [tf.size(bucket), tf.size(kick_bucket)])
-      kick = tf.logical_and(kick, may_kick)
+      self.claims.scatter_update(tf.IndexedSlices(order, bucket))
+      won = tf.equal(tf.gather(self.claims, bucket), order)
+      fill = tf.logical_and(won, tf.logical_not(stuck))
+      kick = tf.logical_and(tf.logical_and(won, stuck), may_kick)
+      slot = tf.argmax(tf.cast(contents[:, s:] < 0, tf.int32), axis=1,
+                       output_type=tf.int64)
 
-      first_empty = tf.argmax(tf.cast(contents[:, s:] < 0, tf.int32), axis=1,
-                              output_type=tf.int64)
-      fill_contents = self._with_slot(
-          tf.boolean_mask(contents, fill), tf.boolean_mask(first_empty, fill),
-          tf.boolean_mask(movable_keys, fill),
-          tf.boolean_mask(movable_rows, fill))
-
-      victim_keys = tf.boolean_mask(kick_contents[:, :s], kick)    # [k, s]
-      victim_rows = tf.boolean_mask(kick_contents[:, s:], kick)
-      kicked = tf.boolean_mask(kick_bucket, kick)
+      # Victims whose other bucket has room first, then a random rotation.
+      at = tf.where(kick)[:, 0]
+      kicked = tf.gather(bucket, at)
+      kick_contents = tf.gather(contents, at)
+      victim_keys = kick_contents[:, :s]                          # [k, s]
       v1, v2 = self._buckets(victim_keys)
       other = v1 + v2 - kicked[:, None]
       other_free = s - tf.reduce_sum(
           tf.cast(tf.gather(self.buckets, other)[:, :, s:] >= 0, tf.int32),
           axis=2)
-      # Victims whose other bucket has room first, then a random rotation.
       turn = hashing.reduce_range(
           hashing.mix64(kicked + tf.cast(rnd, tf.int64) * nb, 78), s)
       score = tf.where(other_free > 0, 0, s) + tf.cast(
@@ -549,40 +538,39 @@ class CuckooHashTable(tf.Module):
       victim_slot = tf.argmin(score, axis=1, output_type=tf.int64)
       displaced_keys = tf.gather(victim_keys, victim_slot, batch_dims=1)
       displaced_rows = tf.cast(
-          tf.gather(victim_rows, victim_slot, batch_dims=1), tf.int32)
-      kicked_contents = self._with_slot(
-          tf.boolean_mask(kick_contents, kick), victim_slot,
-          tf.boolean_mask(stuck_keys, kick), tf.boolean_mask(stuck_rows, kick))
-      self._write_buckets(
-          tf.concat([tf.boolean_mask(bucket, fill), kicked], 0),
-          tf.concat([fill_contents, kicked_contents], 0))
+          tf.gather(kick_contents[:, s:], victim_slot, batch_dims=1),
+          tf.int32)
+      displaced_other = tf.gather(other, victim_slot, batch_dims=1)
+      slot = tf.tensor_scatter_nd_update(slot, at[:, None], victim_slot)
 
-      waiting = tf.logical_not(fill)
-      not_kicked = tf.logical_not(kick)
-      keys = tf.concat([
-          tf.boolean_mask(movable_keys, waiting),
-          tf.boolean_mask(stuck_keys, not_kicked), displaced_keys
-      ], 0)
-      rows = tf.concat([
-          tf.boolean_mask(movable_rows, waiting),
-          tf.boolean_mask(stuck_rows, not_kicked), displaced_rows
-      ], 0)
-      avoid = tf.concat([
-          tf.boolean_mask(movable_avoid, waiting),
-          tf.boolean_mask(stuck_avoid, not_kicked), kicked
-      ], 0)
-      return rnd + 1, keys, rows, avoid
+      # Each placed key takes an empty slot or its victim's, so no slot
+      # empties here: the buckets are written as they are (no empty-key
+      # rewrite, as in `_write_buckets`).
+      placed = tf.where(tf.logical_or(fill, kick))[:, 0]
+      tf.raw_ops.ResourceScatterUpdate(
+          resource=self.buckets.handle, indices=tf.gather(bucket, placed),
+          updates=self._with_slot(
+              tf.gather(contents, placed), tf.gather(slot, placed),
+              tf.gather(keys, placed), tf.gather(rows, placed)))
 
-    def cond(rnd, keys, rows, avoid):
-      del rows, avoid
+      waiting = tf.logical_not(tf.logical_or(fill, kick))
+      return (rnd + 1,
+              tf.concat([tf.boolean_mask(keys, waiting), displaced_keys], 0),
+              tf.concat([tf.boolean_mask(rows, waiting), displaced_rows], 0),
+              tf.concat([tf.boolean_mask(avoid, waiting), kicked], 0),
+              tf.concat([tf.boolean_mask(b1, waiting), kicked], 0),
+              tf.concat([tf.boolean_mask(b2, waiting), displaced_other], 0))
+
+    def cond(rnd, keys, *_):
       return tf.logical_and(rnd < max_rounds, tf.size(keys) > 0)
 
     vector = tf.TensorShape([None])
-    _, keys, rows, _ = tf.while_loop(
+    b1, b2 = self._buckets(keys)
+    _, keys, rows, _, _, _ = tf.while_loop(
         cond, body,
-        [tf.constant(0), keys, rows, tf.fill(tf.shape(keys), tf.constant(
-            -1, tf.int64))],
-        shape_invariants=[tf.TensorShape([]), vector, vector, vector])
+        [tf.constant(0), keys, rows,
+         tf.fill(tf.shape(keys), tf.constant(-1, tf.int64)), b1, b2],
+        shape_invariants=[tf.TensorShape([])] + [vector] * 5)
     return keys, rows
 
   def _insert_new(self, keys, now, counts):
@@ -754,11 +742,20 @@ class CuckooHashTable(tf.Module):
         # Present keys are seen now, so LRU eviction picks others first,
         # and never a key seen now: those are in use.
         self.touch_rows(present, now, present_counts)
-        idle = tf.reduce_sum(tf.cast(tf.logical_and(
-            self.row_live > 0, self.row_last_seen < now), tf.int64))
-        tf.cond(tf.minimum(shortfall, idle) > 0,
-                lambda: tf.size(self.evict_lru(tf.minimum(shortfall, idle))),
-                lambda: tf.constant(0))
+
+        def make_room():
+          # Counts the idle rows (a pass over all rows) only when short.
+          idle = tf.reduce_sum(tf.cast(tf.logical_and(
+              self.row_live > 0, self.row_last_seen < now), tf.int64))
+          evicted = tf.cond(
+              idle > 0,
+              lambda: tf.size(self.evict_lru(tf.minimum(shortfall, idle))),
+              lambda: tf.constant(0))
+          with tf.control_dependencies([evicted]):
+            return tf.identity(idle)
+
+        idle = tf.cond(shortfall > 0, make_room,
+                       lambda: tf.constant(0, tf.int64))
         # Not all fit: the most frequent new keys go first (the rest are
         # refused by `_insert_new` and counted).
         new_keys, new_counts = tf.cond(
