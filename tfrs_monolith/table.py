@@ -300,20 +300,25 @@ class CuckooHashTable(tf.Module):
 
   # -------------------------------------------------------------------- lookup
 
-  def _write_buckets(self, buckets, contents):
+  def _write_buckets(self, buckets, contents, fills_only=False):
     """Overwrites whole buckets (int64 ids, each at most once) with
     `contents` ([k, 2 * slots]); returns the op.
 
     Slots with no row get their bucket's empty key, whatever key they had
-    (a removed or displaced key does not linger).
+    (a removed or displaced key does not linger). With `fills_only`, the
+    caller only put keys into slots (empty ones, or a displaced key's), so
+    no slot emptied and the contents are written as they are.
     """
-    s = self._slots
-    keys = tf.where(contents[:, s:] < 0,
-                    self._empty_key_of(tf.cast(buckets, tf.int64))[:, None],
-                    contents[:, :s])
+    if not fills_only:
+      s = self._slots
+      contents = tf.concat([
+          tf.where(contents[:, s:] < 0,
+                   self._empty_key_of(tf.cast(buckets, tf.int64))[:, None],
+                   contents[:, :s]),
+          contents[:, s:]
+      ], 1)
     return tf.raw_ops.ResourceScatterUpdate(
-        resource=self.buckets.handle, indices=buckets,
-        updates=tf.concat([keys, contents[:, s:]], 1))
+        resource=self.buckets.handle, indices=buckets, updates=contents)
 
   def _with_slot(self, contents, slot, key, row):
     """`contents` ([k, 2 * slots]) with slot `slot` ([k]) set to (key, row)."""
@@ -543,17 +548,16 @@ class CuckooHashTable(tf.Module):
       displaced_other = tf.gather(other, victim_slot, batch_dims=1)
       slot = tf.tensor_scatter_nd_update(slot, at[:, None], victim_slot)
 
-      # Each placed key takes an empty slot or its victim's, so no slot
-      # empties here: the buckets are written as they are (no empty-key
-      # rewrite, as in `_write_buckets`).
-      placed = tf.where(tf.logical_or(fill, kick))[:, 0]
-      tf.raw_ops.ResourceScatterUpdate(
-          resource=self.buckets.handle, indices=tf.gather(bucket, placed),
-          updates=self._with_slot(
-              tf.gather(contents, placed), tf.gather(slot, placed),
-              tf.gather(keys, placed), tf.gather(rows, placed)))
+      # Each placed key takes an empty slot or its victim's: no slot empties.
+      moving = tf.logical_or(fill, kick)
+      placed = tf.where(moving)[:, 0]
+      self._write_buckets(
+          tf.gather(bucket, placed),
+          self._with_slot(tf.gather(contents, placed), tf.gather(slot, placed),
+                          tf.gather(keys, placed), tf.gather(rows, placed)),
+          fills_only=True)
 
-      waiting = tf.logical_not(tf.logical_or(fill, kick))
+      waiting = tf.logical_not(moving)
       return (rnd + 1,
               tf.concat([tf.boolean_mask(keys, waiting), displaced_keys], 0),
               tf.concat([tf.boolean_mask(rows, waiting), displaced_rows], 0),
