@@ -235,6 +235,19 @@ class TestPatchFuzz:
     with pytest.raises(tm.PatchError, match=name):
       tm.EmbeddingPatch.deserialize(data)
 
+  @pytest.mark.parametrize("dim", [patch_lib.MAX_PATCH_DIM + 1, 1 << 61])
+  def test_too_wide_dim_is_a_patch_error(self, dim):
+    # No keys: the length check passes whatever `dim` says.
+    patch = tm.EmbeddingPatch(keys=[], values=np.zeros([0, 4], np.float32))
+    header = dict(patch._header(), dim=dim)
+    with pytest.raises(tm.PatchError, match=f"`dim` must be at most .*{dim}"):
+      tm.EmbeddingPatch.deserialize(_patch_bytes(header, _arrays(patch)))
+
+  def test_too_wide_values_are_refused_when_made(self):
+    dim = patch_lib.MAX_PATCH_DIM + 1
+    with pytest.raises(ValueError, match=f"at most .* wide.*dim={dim}"):
+      tm.EmbeddingPatch(keys=[], values=np.zeros([0, dim], np.float32))
+
   def test_deeply_nested_header_is_a_patch_error(self):
     with pytest.raises(tm.PatchError, match="header: nested too deeply"):
       tm.EmbeddingPatch.deserialize(_patch_bytes(b"[" * 100_000, b""))

@@ -49,6 +49,10 @@ _MAC_BYTES = 32
 # The largest patch a reader puts together by default (a snapshot of a few
 # million rows of dim 64); `max_bytes` of `from_chunks` changes it.
 DEFAULT_MAX_PATCH_BYTES = 1 << 30
+# The widest embedding a patch may carry. A patch of no keys passes the
+# length check whatever its header's `dim`; this keeps `[0, dim]` a shape
+# numpy can build.
+MAX_PATCH_DIM = 1 << 20
 # The environment variable `PatchKeys.load` reads keys from (JSON text).
 PATCH_KEYS_ENV = "TFRS_MONOLITH_PATCH_KEYS"
 _MIN_KEY_BYTES = 16
@@ -314,6 +318,9 @@ class EmbeddingPatch:
       raise ValueError(
           "`values` must have shape [len(keys), dim]. Received: values with "
           f"shape {values.shape} for {self.keys.shape[0]} keys")
+    if values.shape[1] > MAX_PATCH_DIM:
+      raise ValueError(f"`values` must be at most {MAX_PATCH_DIM} wide. "
+                       f"Received: dim={values.shape[1]}")
     self.values = values
     if len(np.unique(self.keys)) != len(self.keys):
       raise ValueError("`keys` must be unique within a patch. Received "
@@ -434,6 +441,9 @@ class EmbeddingPatch:
           "bad patch header: `num_keys`, `dim` and `num_evicted` must be "
           f"non-negative integers. Received: num_keys={reprlib.repr(n)}, "
           f"dim={reprlib.repr(dim)}, num_evicted={reprlib.repr(e)}")
+    if dim > MAX_PATCH_DIM:
+      raise PatchError(f"bad patch header: `dim` must be at most "
+                       f"{MAX_PATCH_DIM}. Received: dim={dim}")
     if header["dtype"] != "float32":
       raise PatchError("bad patch header: `dtype` must be 'float32'. "
                        f"Received: dtype={reprlib.repr(header['dtype'])}")
