@@ -1,10 +1,15 @@
-"""Shared pieces of the sidecar tests: a trainer that exports, row checks."""
+"""Shared pieces of the sidecar tests: a trainer that exports, row checks,
+a proxy that holds the model server's writes."""
 
+import concurrent.futures
 import os
+import threading
 import time
 import zlib
 
+import grpc
 import numpy as np
+from tensorflow_serving.apis import predict_pb2
 
 import online_model
 from tfrs_monolith import export
@@ -67,3 +72,60 @@ def run_until(sidecar, condition, timeout=60.0, what="condition"):
 
 def version_dirs(base):
   return sorted(int(v) for v in os.listdir(base) if v.isdigit())
+
+
+class HoldingProxy(grpc.GenericRpcHandler):
+  """A gRPC proxy to a model server that holds its `hold_at`-th write.
+
+  Every call is forwarded as bytes, until the `hold_at`-th `apply_patch`
+  request: that one, and any write after it, waits (`holding` is set) and
+  fails with UNAVAILABLE on `close`, without reaching the server. A client
+  killed while `holding` is set is thus killed between two writes of one
+  stream, whatever the speed of the host.
+  """
+
+  def __init__(self, target, hold_at):
+    self.hold_at = hold_at
+    self.writes = 0
+    self.holding = threading.Event()
+    self._released = threading.Event()
+    self._lock = threading.Lock()
+    unlimited = [("grpc.max_receive_message_length", -1),
+                 ("grpc.max_send_message_length", -1)]
+    self._channel = grpc.insecure_channel(target, options=unlimited)
+    self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(8),
+                               handlers=[self], options=unlimited)
+    port = self._server.add_insecure_port("127.0.0.1:0")
+    self.address = f"127.0.0.1:{port}"
+    self._server.start()
+
+  def _held(self, method, request):
+    if not method.endswith("/Predict"):
+      return False
+    spec = predict_pb2.PredictRequest.FromString(request).model_spec
+    if spec.signature_name != "apply_patch":
+      return False
+    with self._lock:
+      self.writes += 1
+      return self.writes >= self.hold_at
+
+  def service(self, handler_call_details):
+    method = handler_call_details.method
+    forward = self._channel.unary_unary(method)
+
+    def handle(request, context):
+      if self._held(method, request):
+        self.holding.set()
+        self._released.wait()
+        context.abort(grpc.StatusCode.UNAVAILABLE, "held by the test proxy")
+      try:
+        return forward(request, timeout=context.time_remaining())
+      except grpc.RpcError as error:
+        context.abort(error.code(), error.details())
+
+    return grpc.unary_unary_rpc_method_handler(handle)
+
+  def close(self):
+    self._released.set()
+    self._server.stop(grace=5).wait()
+    self._channel.close()

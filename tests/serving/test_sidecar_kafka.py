@@ -151,9 +151,9 @@ def test_actions_change_served_scores_and_survive_a_dense_sync(loop,
   assert sidecar.stats.replays >= 2
 
 
-def _sidecar_cli(loop, state_dir, max_seconds=None):
+def _sidecar_cli(loop, state_dir, max_seconds=None, serving=None):
   args = [sys.executable, "-m", "tfrs_monolith.cli", "sidecar",
-          "--serving", loop["server"].address, "--model", MODEL,
+          "--serving", serving or loop["server"].address, "--model", MODEL,
           "--patches", loop["url"], "--state-dir", str(state_dir),
           "--topic", loop["topics"].patches,
           "--dead-letter-topic", loop["topics"].dead_letters,
@@ -183,17 +183,24 @@ def test_sidecar_killed_mid_stream_loses_nothing(loop, tmp_path):
   state = tmp_path / "state"
   server = loop["server"]
 
-  first = _sidecar_cli(loop, state)
+  # The first sidecar writes through a proxy that holds its 8th write:
+  # it is killed with writes done and writes left, on any host.
+  proxy = helpers.HoldingProxy(server.address, hold_at=8)
+  first = _sidecar_cli(loop, state, serving=proxy.address)
   try:
-    _wait(lambda: len(server.applied()) >= 12 or first.poll() is not None,
-          90, "the first sidecar to apply patches")
+    _wait(lambda: proxy.holding.is_set() or first.poll() is not None, 90,
+          "the first sidecar to reach its 8th write")
     first.send_signal(signal.SIGKILL)
-  finally:
     first.wait(30)
-  assert first.returncode == -signal.SIGKILL
-  applied_at_kill = _applied_in_state(state)
-  assert applied_at_kill != target, "killed too late: nothing left to do"
+  finally:
+    if first.poll() is None:
+      first.kill()
+      first.wait(30)
+    proxy.close()
+  assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()
   requests_at_kill = len(server.applied())
+  assert requests_at_kill == 7
+  assert _applied_in_state(state) != target
 
   second = _sidecar_cli(loop, state)
   try:
