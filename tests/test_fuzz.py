@@ -786,6 +786,32 @@ class TestFileLogFuzz:
     assert "corrupt record at offset 1" in str(error)
 
 
+  def test_valid_frame_out_of_place_is_corruption(self, tmp_path):
+    # Bytes lost before a valid frame: it is read at another position.
+    transport, path = _write_log(tmp_path, [(None, b""), (None, b"b")])
+    with open(path, "r+b") as f:
+      log = f.read()
+      f.seek(0)
+      f.write(log[_frame_starts(log)[1]:])
+      f.truncate()
+    got, error = _read_all(transport)
+    assert got == [] and "corrupt record at offset 0" in str(error)
+
+  def test_other_key_value_split_is_corruption(self, tmp_path):
+    # The same body bytes read as key b"ab" and value b"" instead of no key
+    # and value b"ab".
+    transport, path = _write_log(tmp_path, [(None, b"ab")])
+    with open(path, "r+b") as f:
+      log = bytearray(f.read())
+      fields = list(streams._FRAME.unpack_from(log, 0))
+      fields[3:5] = [2, 0]
+      streams._FRAME.pack_into(log, 0, *fields)
+      f.seek(0)
+      f.write(log)
+    got, error = _read_all(transport)
+    assert got == [] and "corrupt record at offset 0" in str(error)
+
+
 def _frame_starts(log: bytes):
   """Byte positions of the frames of a valid log."""
   starts, at = [], 0

@@ -218,6 +218,10 @@ def open_transport(url: str, **config) -> Transport:
 
 _FRAME = struct.Struct("<4sIqiI")    # magic, crc, timestamp_ms, key_len, len
 _FRAME_MAGIC = b"TMLR"
+# What a frame's CRC covers besides key and value: the frame's byte position
+# in the file and its header fields. A valid frame read anywhere but where it
+# was written (bytes lost before it), or with another key/value split, fails.
+_FRAME_CHECKED = struct.Struct("<QqiI")  # position, timestamp_ms, key_len, len
 _READ_BYTES = 1 << 20
 
 
@@ -243,8 +247,9 @@ def write_json_atomic(path, data):
 class FileTransport(Transport):
   """Topics as append-only files under `root` (one partition each).
 
-  Each record is framed with its length and a CRC32, so a reader never sees
-  a half-written record; writers take an exclusive lock to append, so
+  Each record is framed with its length and a CRC32 (of the record, its
+  header and its byte position), so a reader never sees a half-written,
+  altered or displaced record; writers take an exclusive lock to append, so
   several processes can produce to one topic. Offsets count records.
   Committed group offsets live in `root/_groups/<group>.json`.
   """
@@ -281,6 +286,11 @@ class FileTransport(Transport):
     return ends
 
 
+def _frame_crc(position, ts, key_len, value_len, body):
+  return zlib.crc32(body, zlib.crc32(
+      _FRAME_CHECKED.pack(position, ts, key_len, value_len)))
+
+
 class _FileProducer(Producer):
 
   def __init__(self, transport):
@@ -297,18 +307,25 @@ class _FileProducer(Producer):
     value = bytes(value)
     key_bytes = b"" if key is None else bytes(key)
     key_len = -1 if key is None else len(key_bytes)
-    body = key_bytes + value
-    frame = _FRAME.pack(_FRAME_MAGIC, zlib.crc32(body), int(time.time() * 1000),
-                        key_len, len(value)) + body
-    self._pending[self._transport._log(topic)].append(frame)  # pylint: disable=protected-access
+    record = (int(time.time() * 1000), key_len, len(value), key_bytes + value)
+    self._pending[self._transport._log(topic)].append(record)  # pylint: disable=protected-access
 
   def flush(self, timeout=None):
     del timeout
     pending, self._pending = self._pending, collections.defaultdict(list)
-    for path, frames in pending.items():
+    for path, records in pending.items():
       with open(path, "ab") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+          # Frames are made under the lock: their CRCs cover where they land.
+          position = f.seek(0, os.SEEK_END)
+          frames = []
+          for ts, key_len, value_len, body in records:
+            frames.append(_FRAME.pack(
+                _FRAME_MAGIC, _frame_crc(position, ts, key_len, value_len,
+                                         body), ts, key_len, value_len))
+            frames.append(body)
+            position += _FRAME.size + len(body)
           f.write(b"".join(frames))
           f.flush()
           os.fsync(f.fileno())
@@ -371,7 +388,7 @@ class _LogReader:
         if end > len(buffer):
           break   # A writer is still appending this record.
       body = buffer[at + _FRAME.size:end]
-      if zlib.crc32(body) != crc:
+      if _frame_crc(self._pos, ts, key_len, value_len, body) != crc:
         if out:
           break
         raise IOError(f"{self.path}: corrupt record at offset {self.offset} "
