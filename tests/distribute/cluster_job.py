@@ -320,7 +320,11 @@ def scenario_killed_worker(out, tmp):
     more = 400
     results = [coordinator.schedule(step, args=(iterator,))
                for _ in range(more)]
-    time.sleep(0.5)
+    # Mid-stream on any host: 20 of the new steps done, most still to run.
+    deadline = time.monotonic() + 120
+    while (int(model.optimizer.iterations.numpy()) < first + 20 and
+           time.monotonic() < deadline):
+      time.sleep(0.01)
     out["at_kill"] = int(model.optimizer.iterations.numpy())
     worker.send_signal(signal.SIGKILL)
     worker.wait()
