@@ -96,6 +96,20 @@ def _start_trainer(bootstrap, topics, checkpoint_dir, log_path, idle,
       stdout=subprocess.PIPE, stderr=log)
 
 
+def _checkpointed(checkpoint_dir, topic):
+  """The input offset of `topic` in the latest checkpoint (0 if none yet)."""
+  path = tf.train.latest_checkpoint(checkpoint_dir)
+  if not path:
+    return 0
+  try:
+    offsets = tf.train.load_checkpoint(path).get_tensor(
+        "input_offsets/.ATTRIBUTES/VARIABLE_VALUE")
+  except tf.errors.OpError:  # Written or pruned as we read.
+    return 0
+  # The initial checkpoint's offsets are empty: the consumer's are used.
+  return json.loads(offsets or b"{}").get(f"{topic}/0", 0)
+
+
 def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
                                           tmp_path):
   transport = streams.open_transport(
@@ -107,12 +121,13 @@ def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
   log_path = str(tmp_path / "trainer.log")
   first = _start_trainer(kafka_broker.bootstrap_servers, topics,
                          checkpoint_dir, log_path, idle=30)
-  index = os.path.join(checkpoint_dir, "checkpoint")
+  # Mid-stream: once a checkpoint holds 400 trained examples, many steps
+  # and patches in and 3,600 examples from the end (a sync every 0.3 s).
   deadline = time.monotonic() + 180
-  while not os.path.exists(index) and first.poll() is None:
-    assert time.monotonic() < deadline, open(log_path).read()[-3000:]
-    time.sleep(0.05)
-  time.sleep(0.5)           # Mid-stream: a few more steps and patches.
+  while _checkpointed(checkpoint_dir, topics.examples) < 400:
+    assert first.poll() is None and time.monotonic() < deadline, (
+        open(log_path).read()[-3000:])
+    time.sleep(0.01)
   first.send_signal(signal.SIGKILL)
   first.wait(30)
   first.stdout.close()
@@ -121,7 +136,7 @@ def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
   offsets = json.loads(reader.get_tensor(
       "input_offsets/.ATTRIBUTES/VARIABLE_VALUE"))
   killed_at = offsets[f"{topics.examples}/0"]
-  assert 0 < killed_at < total, "the trainer was not killed mid-stream"
+  assert 400 <= killed_at < total, "the trainer was not killed mid-stream"
 
   # It stops once it has trained what is left after the checkpoint (the
   # idle timeout is only a guard): a repeated example would show as final
