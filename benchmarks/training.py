@@ -42,6 +42,7 @@ Usage:
 """
 
 import argparse
+import functools
 import time
 
 import bench_util  # Imports tfrs_monolith before TensorFlow.
@@ -164,25 +165,20 @@ def time_steps(models, dataset, blocks, block_steps):
   """Median wall and CPU seconds per training step of each model.
 
   Runs each model's train function (as `fit` does, one step per call) in
-  `blocks` blocks of `block_steps` steps, the models alternating.
+  `blocks` blocks of `block_steps` steps, the models alternating
+  (`bench_util.time_interleaved`).
   """
-  functions = {kind: model.make_train_function()
-               for kind, model in models.items()}
-  iterators = {kind: iter(dataset.repeat()) for kind in models}
-  wall = {kind: [] for kind in models}
-  cpu = {kind: [] for kind in models}
-  for block in range(blocks):
-    kinds = list(models) if block % 2 == 0 else list(models)[::-1]
-    for kind in kinds:
-      start = time.perf_counter()
-      cpu_start = time.process_time()
-      for _ in range(block_steps):
-        logs = functions[kind](iterators[kind])
-      float(logs["loss"])  # Waits for the last step.
-      wall[kind].append((time.perf_counter() - start) / block_steps)
-      cpu[kind].append((time.process_time() - cpu_start) / block_steps)
-  return ({kind: float(np.median(v)) for kind, v in wall.items()},
-          {kind: float(np.median(v)) for kind, v in cpu.items()})
+  def block(train_function, iterator):
+    for _ in range(block_steps):
+      logs = train_function(iterator)
+    return logs
+
+  fns = {kind: functools.partial(block, model.make_train_function(),
+                                 iter(dataset.repeat()))
+         for kind, model in models.items()}
+  wall, cpu = bench_util.time_interleaved(fns, warmup=0, repeats=blocks)
+  return ({kind: float(np.median(v)) / block_steps for kind, v in wall.items()},
+          {kind: float(np.median(v)) / block_steps for kind, v in cpu.items()})
 
 
 def main():
