@@ -131,11 +131,7 @@ def test_sigkill_and_restart_lose_nothing(kafka_broker, kafka_topic_prefix,
   first.send_signal(signal.SIGKILL)
   first.wait(30)
   first.stdout.close()
-  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
-      checkpoint_dir))
-  offsets = json.loads(reader.get_tensor(
-      "input_offsets/.ATTRIBUTES/VARIABLE_VALUE"))
-  killed_at = offsets[f"{topics.examples}/0"]
+  killed_at = _checkpointed(checkpoint_dir, topics.examples)
   assert 400 <= killed_at < total, "the trainer was not killed mid-stream"
 
   # It stops once it has trained what is left after the checkpoint (the
