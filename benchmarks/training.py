@@ -18,23 +18,28 @@ concatenation, `tfrs.tasks.Ranking` with MSE, Adagrad) is trained on
 synthetic Zipf-distributed (user, item, rating) examples, with
 
 * `ours`: `tm.CollisionlessEmbedding` tables in a `tm.Model`;
-* `baseline`: `tf.keras.layers.Embedding(capacity, dim)` on
-  `id % capacity` (the hashing trick) in a `tfrs.Model`,
+* `hashing` (the baseline): `tf.keras.layers.Hashing(capacity)` then
+  `tf.keras.layers.Embedding(capacity, dim)`, the Keras way to embed ids
+  with the hashing trick, in a `tfrs.Model`;
+* `modulo` (the floor): `tf.keras.layers.Embedding(capacity, dim)` on
+  `id % capacity`, which skips the hash,
 
-both with the same `capacity` per feature. Ids are random 64-bit keys, so
+all with the same `capacity` per feature. Ids are random 64-bit keys, so
 the hashing trick has collisions and the collisionless table does not.
+`ratio` is ours over `hashing`; `floor_ratio` is ours over `modulo`.
 
-The models train one epoch at a time, alternately, so that a background
-load affects both alike. The first epoch of each (tracing) is not timed;
+The models train one epoch at a time, in turn, so that a background
+load affects all alike. The first epoch of each (tracing) is not timed;
 examples/s is the number of examples over the median time of the others.
 Examples per CPU second (process CPU time, all threads) are reported too:
 they depend less on other processes' load than wall-clock figures.
 
 Then the training step alone is timed, without `fit`'s per-epoch work
-(callbacks, iterator set-up), which both models pay alike and which so
+(callbacks, iterator set-up), which all models pay alike and which so
 brings an epoch's ratio closer to 1: each model's compiled train function
-runs blocks of `--block_steps` steps, the models alternating, and the
-median time per step of `--step_blocks` blocks each gives `step_ratio`.
+runs blocks of `--block_steps` steps, the models taking turns, and the
+median time per step of `--step_blocks` blocks each gives `step_ratio`
+(against `hashing`) and `floor_step_ratio` (against `modulo`).
 The last stdout line is the result as JSON.
 
 Usage:
@@ -110,7 +115,7 @@ def make_data(args):
   return dataset, stats
 
 
-class HashingTrickEmbedding(tf.keras.layers.Layer):
+class ModuloEmbedding(tf.keras.layers.Layer):
   """`tf.keras.layers.Embedding(capacity, dim)` on `id % capacity`."""
 
   def __init__(self, output_dim, capacity, **kwargs):
@@ -122,8 +127,19 @@ class HashingTrickEmbedding(tf.keras.layers.Layer):
     return self.embedding(tf.math.floormod(ids, self.capacity))
 
 
+def hashing_embedding(output_dim, capacity):
+  """`tf.keras.layers.Hashing(capacity)` then `Embedding(capacity, dim)`."""
+  return tf.keras.Sequential([
+      tf.keras.layers.Hashing(capacity),
+      tf.keras.layers.Embedding(capacity, output_dim),
+  ])
+
+
+KINDS = ("hashing", "modulo", "ours")
+
+
 def make_model(kind, args):
-  """The ranking model with `kind` ("ours" or "baseline") embeddings."""
+  """The ranking model with `kind` (one of `KINDS`) embeddings."""
   base = tm.Model if kind == "ours" else tfrs.models.Model
 
   class RankingModel(base):
@@ -136,11 +152,12 @@ def make_model(kind, args):
             args.dim, capacity=args.user_capacity)
         self.item_embedding = tm.CollisionlessEmbedding(
             args.dim, capacity=args.item_capacity)
+      elif kind == "hashing":
+        self.user_embedding = hashing_embedding(args.dim, args.user_capacity)
+        self.item_embedding = hashing_embedding(args.dim, args.item_capacity)
       else:
-        self.user_embedding = HashingTrickEmbedding(args.dim,
-                                                    args.user_capacity)
-        self.item_embedding = HashingTrickEmbedding(args.dim,
-                                                    args.item_capacity)
+        self.user_embedding = ModuloEmbedding(args.dim, args.user_capacity)
+        self.item_embedding = ModuloEmbedding(args.dim, args.item_capacity)
       self.mlp = tf.keras.Sequential([
           tf.keras.layers.Dense(64, activation="relu"),
           tf.keras.layers.Dense(32, activation="relu"),
@@ -165,7 +182,7 @@ def time_steps(models, dataset, blocks, block_steps):
   """Median wall and CPU seconds per training step of each model.
 
   Runs each model's train function (as `fit` does, one step per call) in
-  `blocks` blocks of `block_steps` steps, the models alternating
+  `blocks` blocks of `block_steps` steps, the models taking turns
   (`bench_util.time_interleaved`).
   """
   def block(train_function, iterator):
@@ -193,13 +210,13 @@ def main():
   for _ in dataset:  # Fills the cache before any timing.
     pass
 
-  models = {kind: make_model(kind, args) for kind in ("baseline", "ours")}
+  models = {kind: make_model(kind, args) for kind in KINDS}
   epoch_seconds = {kind: [] for kind in models}
   epoch_cpu_seconds = {kind: [] for kind in models}
   rmse = {}
   for epoch in range(args.epochs):
-    kinds = list(models) if epoch % 2 == 0 else list(models)[::-1]
-    for kind in kinds:
+    shift = epoch % len(KINDS)  # Each epoch's order rotated by one.
+    for kind in KINDS[shift:] + KINDS[:shift]:
       start = time.perf_counter()
       cpu_start = time.process_time()
       history = models[kind].fit(dataset, epochs=1, verbose=0)
@@ -215,23 +232,30 @@ def main():
 
   rate = {kind: args.examples / float(np.median(s[1:]))
           for kind, s in epoch_seconds.items()}
-  ratio = rate["ours"] / rate["baseline"]
   # CPU time is less sensitive than wall time to other processes' load.
   cpu_rate = {kind: args.examples / float(np.median(s[1:]))
               for kind, s in epoch_cpu_seconds.items()}
-  cpu_ratio = cpu_rate["ours"] / cpu_rate["baseline"]
+  ratio = rate["ours"] / rate["hashing"]
+  ratios = {
+      "ratio": round(ratio, 3),
+      "cpu_ratio": round(cpu_rate["ours"] / cpu_rate["hashing"], 3),
+      "floor_ratio": round(rate["ours"] / rate["modulo"], 3),
+      "floor_cpu_ratio": round(cpu_rate["ours"] / cpu_rate["modulo"], 3),
+  }
   ours_model = models["ours"]
   rows = {
       "user": int(ours_model.user_embedding.table.size()),
       "item": int(ours_model.item_embedding.table.size()),
   }
   print(f"\nexamples/s (median of {args.epochs - 1} warm epochs): "
-        f"baseline {rate['baseline']:.0f}, ours {rate['ours']:.0f}; "
-        f"ours/baseline = {ratio:.3f} "
+        + ", ".join(f"{k} {v:.0f}" for k, v in rate.items()))
+  print(f"ours/hashing = {ratios['ratio']:.3f} "
         f"({'meets' if ratio >= TARGET_RATIO else 'misses'} the target of "
-        f">= {TARGET_RATIO:.2f})")
-  print(f"examples per CPU second: baseline {cpu_rate['baseline']:.0f}, "
-        f"ours {cpu_rate['ours']:.0f}; ours/baseline = {cpu_ratio:.3f}")
+        f">= {TARGET_RATIO:.2f}); ours/modulo = {ratios['floor_ratio']:.3f}")
+  print("examples per CPU second: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in cpu_rate.items())
+        + f"; ours/hashing = {ratios['cpu_ratio']:.3f}, ours/modulo = "
+        f"{ratios['floor_cpu_ratio']:.3f}")
   print(f"ours holds {rows['user']:,} user and {rows['item']:,} item keys")
 
   steps = {}
@@ -240,15 +264,19 @@ def main():
                                      args.block_steps)
     steps = {
         "step_seconds": {k: round(v, 6) for k, v in step_wall.items()},
-        "step_ratio": round(step_wall["baseline"] / step_wall["ours"], 3),
         "step_cpu_seconds": {k: round(v, 6) for k, v in step_cpu.items()},
-        "step_cpu_ratio": round(step_cpu["baseline"] / step_cpu["ours"], 3),
     }
+    for name, base in (("step", "hashing"), ("floor_step", "modulo")):
+      steps[f"{name}_ratio"] = round(step_wall[base] / step_wall["ours"], 3)
+      steps[f"{name}_cpu_ratio"] = round(step_cpu[base] / step_cpu["ours"],
+                                         3)
     print(f"training step alone (median of {args.step_blocks} blocks of "
-          f"{args.block_steps}): baseline {step_wall['baseline'] * 1e3:.3f} "
-          f"ms, ours {step_wall['ours'] * 1e3:.3f} ms; ours/baseline "
-          f"examples/s = {steps['step_ratio']:.3f} wall, "
-          f"{steps['step_cpu_ratio']:.3f} CPU")
+          f"{args.block_steps}): "
+          + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in step_wall.items())
+          + f"; ours/hashing examples/s = {steps['step_ratio']:.3f} wall, "
+          f"{steps['step_cpu_ratio']:.3f} CPU; ours/modulo = "
+          f"{steps['floor_step_ratio']:.3f} wall, "
+          f"{steps['floor_step_cpu_ratio']:.3f} CPU")
 
   bench_util.emit({
       "benchmark": "training",
@@ -267,9 +295,8 @@ def main():
       "epoch_cpu_seconds": {k: [round(x, 3) for x in v]
                             for k, v in epoch_cpu_seconds.items()},
       "examples_per_s": {k: round(v, 1) for k, v in rate.items()},
-      "ratio": round(ratio, 3),
       "examples_per_cpu_s": {k: round(v, 1) for k, v in cpu_rate.items()},
-      "cpu_ratio": round(cpu_ratio, 3),
+      **ratios,
       "target_ratio": TARGET_RATIO,
       "meets_target": bool(ratio >= TARGET_RATIO),
       **steps,
