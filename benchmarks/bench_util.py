@@ -22,7 +22,7 @@ import os
 import platform
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -64,6 +64,13 @@ def zipf_ranks(rng: np.random.Generator, a: float, n: int,
   return out
 
 
+def turn_order(names: Sequence[str], round_index: int) -> List[str]:
+  """`names` rotated by `round_index`: each name leads one round in turn, so
+  a background load that comes and goes affects all of them alike."""
+  shift = round_index % len(names)
+  return list(names[shift:]) + list(names[:shift])
+
+
 def time_interleaved(
     fns: Dict[str, Callable[[], object]], warmup: int, repeats: int
 ) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
@@ -94,8 +101,7 @@ def time_interleaved(
   wall = {name: [] for name in names}
   cpu = {name: [] for name in names}
   for r in range(repeats):
-    shift = r % len(names)
-    for name in names[shift:] + names[:shift]:
+    for name in turn_order(names, r):
       start = time.perf_counter()
       cpu_start = time.process_time()
       run(fns[name])

@@ -136,6 +136,16 @@ def hashing_embedding(output_dim, capacity):
 
 
 KINDS = ("hashing", "modulo", "ours")
+# JSON key prefix of the ratios against each model ours is compared with.
+BASES = (("", "hashing"), ("floor_", "modulo"))
+
+
+def speed_ratios(seconds, name):
+  """Ours' speed over each base's, from `seconds` (kind -> time for the same
+  work): `{name: ...}` against `hashing`, `{"floor_" + name: ...}` against
+  `modulo`, rounded to 3 digits."""
+  return {prefix + name: round(seconds[base] / seconds["ours"], 3)
+          for prefix, base in BASES}
 
 
 def make_model(kind, args):
@@ -215,8 +225,7 @@ def main():
   epoch_cpu_seconds = {kind: [] for kind in models}
   rmse = {}
   for epoch in range(args.epochs):
-    shift = epoch % len(KINDS)  # Each epoch's order rotated by one.
-    for kind in KINDS[shift:] + KINDS[:shift]:
+    for kind in bench_util.turn_order(KINDS, epoch):
       start = time.perf_counter()
       cpu_start = time.process_time()
       history = models[kind].fit(dataset, epochs=1, verbose=0)
@@ -230,18 +239,16 @@ def main():
             f"examples/s  rmse {rmse[kind]:.4f}"
             f"{'  (warm-up, not timed)' if epoch == 0 else ''}")
 
-  rate = {kind: args.examples / float(np.median(s[1:]))
-          for kind, s in epoch_seconds.items()}
+  epoch_wall = {kind: float(np.median(s[1:]))
+                for kind, s in epoch_seconds.items()}
   # CPU time is less sensitive than wall time to other processes' load.
-  cpu_rate = {kind: args.examples / float(np.median(s[1:]))
-              for kind, s in epoch_cpu_seconds.items()}
+  epoch_cpu = {kind: float(np.median(s[1:]))
+               for kind, s in epoch_cpu_seconds.items()}
+  rate = {kind: args.examples / s for kind, s in epoch_wall.items()}
+  cpu_rate = {kind: args.examples / s for kind, s in epoch_cpu.items()}
   ratio = rate["ours"] / rate["hashing"]
-  ratios = {
-      "ratio": round(ratio, 3),
-      "cpu_ratio": round(cpu_rate["ours"] / cpu_rate["hashing"], 3),
-      "floor_ratio": round(rate["ours"] / rate["modulo"], 3),
-      "floor_cpu_ratio": round(cpu_rate["ours"] / cpu_rate["modulo"], 3),
-  }
+  ratios = {**speed_ratios(epoch_wall, "ratio"),
+            **speed_ratios(epoch_cpu, "cpu_ratio")}
   ours_model = models["ours"]
   rows = {
       "user": int(ours_model.user_embedding.table.size()),
@@ -265,11 +272,9 @@ def main():
     steps = {
         "step_seconds": {k: round(v, 6) for k, v in step_wall.items()},
         "step_cpu_seconds": {k: round(v, 6) for k, v in step_cpu.items()},
+        **speed_ratios(step_wall, "step_ratio"),
+        **speed_ratios(step_cpu, "step_cpu_ratio"),
     }
-    for name, base in (("step", "hashing"), ("floor_step", "modulo")):
-      steps[f"{name}_ratio"] = round(step_wall[base] / step_wall["ours"], 3)
-      steps[f"{name}_cpu_ratio"] = round(step_cpu[base] / step_cpu["ours"],
-                                         3)
     print(f"training step alone (median of {args.step_blocks} blocks of "
           f"{args.block_steps}): "
           + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in step_wall.items())
